@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""The two Quickstart commands, runnable on a fresh clone with nothing but python3.
+
+    python3 dev.py quickstart   # create .venv, train the tiny config on synthetic data, evaluate it
+    python3 dev.py test         # create .venv (with dev + tpu extras), run ruff and the whole test suite
+
+The virtual environment is (re)built only when pyproject.toml changes (a hash stamp in .venv).
+Extra arguments after the command are passed through (to pytest for ``test``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_venv(extras: str) -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"interaction_jax needs Python >= 3.11, this is {sys.version.split()[0]}")
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()[:16]
+    stamp = VENV / f".stamp-{digest}"
+    if stamp.exists():
+        return
+    if not PY.exists():
+        print(f"[dev] creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print(f"[dev] installing interaction_jax[{extras}] into {VENV} (first run takes a few minutes)", flush=True)
+    subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "-e", f".[{extras}]"], cwd=ROOT)
+    for old in VENV.glob(".stamp-*"):
+        old.unlink()
+    stamp.touch()
+
+
+def run(args: list[str]) -> int:
+    print("[dev] $ " + " ".join(args), flush=True)
+    return subprocess.call(args, cwd=ROOT)
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("quickstart", "test"):
+        print(__doc__)
+        return 2
+    command, rest = sys.argv[1], sys.argv[2:]
+    ensure_venv("dev,tpu")
+    if command == "test":
+        rc = run([str(PY), "-m", "ruff", "check", "interaction_jax", "tests", "configs", "dev.py"])
+        if rc:
+            return rc
+        rc = run([str(PY), "-m", "pytest", "-q", *rest])
+        if rc == 5:
+            print("[dev] pytest collected no tests: failing on purpose", flush=True)
+            return 1
+        return rc
+    workdir = rest[0] if rest else "runs/quickstart"
+    return run([str(PY), "-m", "interaction_jax", "quickstart", "--workdir", workdir])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

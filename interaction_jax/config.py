@@ -1,0 +1,337 @@
+"""Typed, frozen run configuration.
+
+A config is a tree of frozen dataclasses, one per part of the system. Config files under ``configs/`` are
+plain Python modules exposing ``get_config() -> Config``; their docstring documents the command and the
+expected result (big_vision style). ``load_config(path, overrides)`` applies dotted ``key=value`` overrides
+with type checking, and ``to_dict``/``dump`` give the resolved form that every run saves next to its outputs.
+
+This module imports nothing heavy (no jax), so the CLI can resolve and print a config instantly, and the
+layers can take their own small sub-config (``TransformerConfig``, ``FlowHeadConfig``...) without ever
+seeing the whole tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+# ----------------------------------------------------------------------------------------------------------
+# Signal front-ends
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    """Signal constants shared by audio in, audio out, the vocoder and the tests (DESIGN §2)."""
+
+    sample_rate: int = 16_000
+    n_fft: int = 1024
+    win_length: int = 800
+    hop_length: int = 200
+    n_mels: int = 80
+    fmin: float = 80.0
+    fmax: float = 7600.0
+    log_floor: float = 1e-10
+    dmel_bins: int = 16
+    dmel_min: float = -7.0
+    dmel_max: float = 2.0
+    chunk_samples: int = 3200  # 200 ms
+    frames_per_token: int = 4  # k: mel frames grouped into one AUDIO_IN / AUDIO_OUT token
+    mel_norm_offset: float = 2.5  # output mel is normalised (x + offset) / scale
+    mel_norm_scale: float = 4.5
+    griffin_lim_iters: int = 32
+    griffin_lim_momentum: float = 0.99
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.chunk_samples // self.hop_length
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.frames_per_chunk // self.frames_per_token
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """Video input: one frame per 200 ms chunk (5 fps), cut into ``patch``-pixel square patches."""
+
+    height: int = 80
+    width: int = 80
+    patch: int = 40
+    fps: int = 5
+
+    @property
+    def num_patches(self) -> int:
+        return (self.height // self.patch) * (self.width // self.patch)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Byte-level text with a handful of specials; slots per chunk for typed input and inner monologue."""
+
+    vocab_size: int = 264  # 256 bytes + 8 specials (see text/tokenizer.py)
+    text_in_slots: int = 2
+    text_out_slots: int = 2
+    pad_weight: float = 0.5  # loss weight of PAD and EPAD targets (Moshi-style)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------
+
+RematPolicy = Literal["none", "dots", "full"]
+AttentionBackend = Literal["auto", "dot", "splash", "cudnn"]
+MoeDispatch = Literal["onehot", "sort"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+    """Top-k routed experts plus an optional shared expert. ``num_experts == 0`` means a dense FFN."""
+
+    num_experts: int = 0
+    top_k: int = 2
+    expert_mlp_dim: int = 0
+    shared_expert: bool = True
+    aux_loss_weight: float = 0.01
+    capacity_factor: float = 1.25
+    dispatch: MoeDispatch = "onehot"
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Pre-norm decoder stack: RMSNorm, RoPE, GQA, SwiGLU (or MoE), scanned over layers."""
+
+    d_model: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    mlp_dim: int = 768
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    sliding_window: int = 0  # 0 = full causal attention
+    attention_backend: AttentionBackend = "auto"
+    remat: RematPolicy = "none"
+    scan_layers: bool = True
+    dtype: str = "float32"  # compute dtype; params are always float32
+    moe: MoeConfig = dataclasses.field(default_factory=MoeConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowHeadConfig:
+    """adaLN MLP flow-matching head (MAR / Pocket-TTS style) that emits one k x 80 mel block per token."""
+
+    width: int = 256
+    depth: int = 3
+    noise_multiplier: int = 4  # noise samples per condition in the CFM loss
+    sample_steps: int = 8
+    cfg_dropout: float = 0.1  # probability the condition is replaced by the learned null condition
+    cfg_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
+    flow_head: FlowHeadConfig = dataclasses.field(default_factory=FlowHeadConfig)
+    flow_loss_weight: float = 1.0
+    max_chunks: int = 600  # longest context (chunks) a session or window may hold: 600 = 120 s
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data, training, mesh
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    tasks: tuple[str, ...] = ("repeat", "timespeak", "cuespeak", "repcount", "interrupt")
+    voice: str = "dtmf"
+    shards: str = ""  # glob of ArrayRecord shards; empty = generate episodes on the fly
+    window_chunks: int = 48  # chunks per training window (48 x 200 ms = 9.6 s)
+    batch_size: int = 8  # global batch
+    seed: int = 0
+    num_workers: int = 0  # grain mp_prefetch workers; 0 = in-process
+    echo: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.95
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # 0 = only at the end
+    eval_episodes: int = 8
+    distributed: bool = False  # call jax.distributed.initialize() (also auto-detected on Cloud TPU)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh. -1 on one axis means "all remaining devices"; ``dcn_data`` > 1 builds a multi-slice mesh."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    expert: int = 1
+    dcn_data: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "unnamed"
+    topology: str = ""  # TPU topology this config is sized for, e.g. "v5e:4x4" (used by `aot`)
+    audio: AudioConfig = dataclasses.field(default_factory=AudioConfig)
+    vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading, overrides, serialisation
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config file, override or serialized config that cannot be applied."""
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Import ``path`` (a Python file with ``get_config()``) and apply ``a.b=c`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_ij_config_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} must define get_config() -> Config")
+    config = module.get_config()
+    if not isinstance(config, Config):
+        raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, expected Config")
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        config = _set_path(config, key.strip().split("."), raw.strip(), key.strip())
+    return config
+
+
+def _set_path(node: Any, parts: list[str], raw: str, full_key: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    name = parts[0]
+    if name not in fields:
+        raise ConfigError(
+            f"unknown config key {full_key!r}: {type(node).__name__} has no field {name!r}; "
+            f"valid keys: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(type(node))
+    current = getattr(node, name)
+    if len(parts) == 1:
+        if dataclasses.is_dataclass(current):
+            raise ConfigError(f"{full_key!r} is a section; set one of its keys: {', '.join(_keys(current))}")
+        value = _parse(raw, hints[name], full_key)
+    else:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"{'.'.join(full_key.split('.')[:-len(parts) + 1])!r} is not a section")
+        value = _set_path(current, parts[1:], raw, full_key)
+    return dataclasses.replace(node, **{name: value})
+
+
+def _keys(node: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def _parse(raw: str, hint: Any, key: str) -> Any:
+    """Parse an override string into the field's declared type, or raise naming the expected type."""
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            low = raw.lower()
+            if low in ("true", "1", "yes"):
+                return True
+            if low in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is str:
+            return raw
+        if origin is Literal:
+            choices = typing.get_args(hint)
+            if raw not in choices:
+                raise ConfigError(f"{key}={raw!r}: must be one of {', '.join(map(str, choices))}")
+            return raw
+        if origin is tuple:
+            (elem,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+            items = [s.strip() for s in raw.strip("()[]").split(",") if s.strip()]
+            return tuple(_parse(s, elem, key) for s in items)
+        if origin in (types.UnionType, typing.Union):
+            raise ValueError
+    except ConfigError:
+        raise
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r}: expected a value of type {getattr(hint, '__name__', hint)}") from None
+    raise ConfigError(f"{key}: cannot override a field of type {hint}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any], cls: type = Config) -> Any:
+    """Rebuild a config from ``to_dict`` output (e.g. the ``config.json`` saved in a run or checkpoint)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(value, hint)
+        elif typing.get_origin(hint) is tuple:
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def dumps(config: Config) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=False)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model.transformer.d_model": 256, ...}``: the form shown by ``config`` and stored in TensorBoard."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
