@@ -23,7 +23,7 @@ PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
 def ensure_venv(extras: str) -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036  (this file runs on whatever python3 the user has)
         sys.exit(f"interaction_jax needs Python >= 3.11, this is {sys.version.split()[0]}")
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()[:16]
     stamp = VENV / f".stamp-{digest}"

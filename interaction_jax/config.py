@@ -140,6 +140,7 @@ class ModelConfig:
     flow_head: FlowHeadConfig = dataclasses.field(default_factory=FlowHeadConfig)
     flow_loss_weight: float = 1.0
     max_chunks: int = 600  # longest context (chunks) a session or window may hold: 600 = 120 s
+    pad_multiple: int = 128  # training sequences are padded to this (cuDNN / splash tiles); padding is masked
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,40 @@
+"""Transformer building blocks (DESIGN §4): RMSNorm, RoPE, GQA attention with KV cache, SwiGLU, MoE, stack.
+
+Every module takes only its small config (``TransformerConfig``) or plain sizes, annotates params with logical
+axes (see ``partitioning``) and can be used inside a user's own ``jit`` / ``vmap`` / ``grad``.
+"""
+
+from interaction_jax.layers.attention import (
+    Attention,
+    attend,
+    attention_mask,
+    cache_logical_axes,
+    init_cache,
+    resolve_backend,
+    update_cache,
+)
+from interaction_jax.layers.mlp import MLP
+from interaction_jax.layers.moe import MoE, load_balance_loss, route
+from interaction_jax.layers.norms import RMSNorm
+from interaction_jax.layers.rope import apply_rope, rope_frequencies
+from interaction_jax.layers.transformer import REMAT_POLICIES, Block, Transformer
+
+__all__ = [
+    "MLP",
+    "REMAT_POLICIES",
+    "Attention",
+    "Block",
+    "MoE",
+    "RMSNorm",
+    "Transformer",
+    "apply_rope",
+    "attend",
+    "attention_mask",
+    "cache_logical_axes",
+    "init_cache",
+    "load_balance_loss",
+    "resolve_backend",
+    "rope_frequencies",
+    "route",
+    "update_cache",
+]

@@ -1,0 +1,12 @@
+"""Embedded synthetic interaction tasks: generators with exact labels, pluggable voices, exact scorers.
+
+``generate(task, seed, duration_chunks=None, voice="dtmf", echo=True) -> Episode``; ``score(labels, wave,
+text_events)`` and ``aggregate(list_of_metrics)`` measure generated audio (DTMF decoding, no ASR).
+"""
+
+from interaction_jax.data.synthetic.scoring import aggregate, score
+from interaction_jax.data.synthetic.tasks import TASKS, generate, mix_echo, user_dry_audio
+from interaction_jax.data.synthetic.voices import decode_dtmf, get_voice, register_voice
+
+__all__ = ["TASKS", "aggregate", "decode_dtmf", "generate", "get_voice", "mix_echo", "register_voice", "score",
+           "user_dry_audio"]

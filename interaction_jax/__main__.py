@@ -1,0 +1,272 @@
+"""Command line: ``python -m interaction_jax COMMAND ...`` (run with ``-h`` for each command's flags).
+
+Heavy imports happen inside each command so ``config`` and ``--help`` answer instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="path to a configs/*.py file")
+    p.add_argument("--set", action="append", default=[], metavar="A.B=C", help="override a config field")
+
+
+def _load(args: argparse.Namespace):
+    from interaction_jax.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from interaction_jax.config import dumps
+
+    print(dumps(_load(args)))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from interaction_jax import flops
+
+    rep = flops.report(_load(args))
+    print(flops.format_report(rep))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rep, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    from interaction_jax.bench import report
+
+    module = importlib.import_module(f"interaction_jax.bench.{args.name}")
+    results = module.run(args)
+    report(args.name, results, args.json)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from interaction_jax.train import train
+
+    config = _load(args)
+    result = train(config, args.workdir, max_steps=args.max_steps)
+    if result["preempted"]:
+        return 143  # 128 + SIGTERM: the babysitter restarts and resumes from the saved checkpoint
+    if args.eval and result["step"] >= config.train.steps:
+        return _evaluate(config, result["state"].params, args.workdir, config.data.tasks, config.train.eval_episodes)
+    return 0
+
+
+def _evaluate(config, params, workdir, tasks, episodes, json_path=None) -> int:
+    from flax import linen as nn
+
+    from interaction_jax.evals.run import evaluate, markdown
+
+    out_dir = Path(workdir) / "eval"
+    results = evaluate(config, nn.unbox(params), tuple(tasks), episodes, out_dir)
+    print(markdown(results))
+    print(f"[eval] wrote {out_dir}/results.md, results.json, example WAVs and mel PNGs")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from interaction_jax.serve.engine import load_params
+
+    config, params = load_params(args.checkpoint)
+    tasks = config.data.tasks if args.task == "all" else tuple(args.task.split(","))
+    return _evaluate(config, params, args.out or args.checkpoint, tasks, args.episodes, args.json)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from interaction_jax.serve import file_mode
+    from interaction_jax.serve.engine import load_params
+
+    config, params = load_params(args.checkpoint)
+    if args.task:
+        from flax import linen as nn
+
+        from interaction_jax.evals.run import run_task
+
+        res = run_task(config, nn.unbox(params), args.task, 1, seed=args.seed)
+        print(json.dumps({"task": args.task, "seed": args.seed, **res["per_episode"][0]}, indent=2))
+        if args.out:
+            import soundfile as sf
+
+            ep = res["episodes"][0]
+            sf.write(args.out, res["generated"][0, : ep.user_audio.size], config.audio.sample_rate)
+        return 0
+    if not (args.audio and args.out):
+        raise file_mode.InputError("stream needs --audio IN.wav and --out OUT.wav (or --task T --seed S)")
+    audio = file_mode.read_audio(args.audio, config.audio.sample_rate)
+    n = -(-audio.size // config.audio.chunk_samples)
+    h, w = config.vision.height, config.vision.width
+    frames = None
+    if args.frames:
+        frames = file_mode.read_frames_dir(args.frames, h, w, n)
+    elif args.video:
+        frames = file_mode.read_video(args.video, h, w, n)
+    events = file_mode.read_text_events(args.text_events) if args.text_events else []
+    res = file_mode.stream_file(config, params, audio, frames=frames, text_events=events, seed=args.seed)
+    import soundfile as sf
+
+    sf.write(args.out, res["audio"], config.audio.sample_rate)
+    transcript = Path(args.out).with_suffix(".json")
+    transcript.write_text(json.dumps([{"time": t, "text": x} for t, x in res["transcript"]], indent=2) + "\n")
+    print(f"[stream] wrote {args.out} and {transcript}; mean RTF {res['rtf_mean']:.3f}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from interaction_jax.serve.engine import load_params
+    from interaction_jax.serve.server import Server, serve
+
+    config, params = load_params(args.checkpoint)
+
+    async def main() -> None:
+        await serve(Server(config, params, slots=args.slots), args.host, args.port)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return 0
+
+
+def cmd_aot(args: argparse.Namespace) -> int:
+    from interaction_jax import aot
+
+    result = aot.run(_load(args), args.topology, args.num_slices, correct_flops=not args.no_flops_correction)
+    print(aot.format_result(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if not result["fits"]:
+        print(f"error: {result['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo_frontends(args: argparse.Namespace) -> int:
+    from interaction_jax.demo import demo_frontends
+
+    demo_frontends(Path(args.out))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from interaction_jax.demo import quickstart
+
+    return quickstart(Path(args.workdir))
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m interaction_jax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("config", help="print the resolved config as JSON")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("params", help="parameters per component, total/active, model FLOPs per token")
+    _add_config_args(p)
+    p.add_argument("--json", help="write the report here (keys: total, active, flops_per_token, components)")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("train", help="train a config (resumes from WORKDIR/checkpoints), then evaluate")
+    _add_config_args(p)
+    p.add_argument("--workdir", required=True, help="run directory (local path or gs://)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (keeps the schedule)")
+    p.add_argument("--no-eval", dest="eval", action="store_false", help="skip the final evaluation")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="free-running interactivity evaluation of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="training workdir or its checkpoints/ folder")
+    p.add_argument("--task", default="all", help="task name, comma list, or all")
+    p.add_argument("--episodes", type=int, default=8, help="held-out episodes per task")
+    p.add_argument("--out", default=None, help="output directory (default: the checkpoint workdir)")
+    p.add_argument("--json", help="write {task: {metric: value}} here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("stream", help="file mode: stream a WAV (or a synthetic episode) through one session")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--audio", help="microphone WAV (16 kHz; other rates are resampled)")
+    p.add_argument("--video", help="mp4, sampled at 5 fps (needs the [video] extra)")
+    p.add_argument("--frames", help="folder of frame images, one per 200 ms")
+    p.add_argument("--text-events", help='JSON [{"time": s, "text": "..."}] typed into TEXT_IN')
+    p.add_argument("--out", help="output WAV (transcript JSON written beside it)")
+    p.add_argument("--task", help="stream a synthetic episode of this task and print its score")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("serve", help="WebSocket server (protocol in interaction_jax/serve/server.py)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--slots", type=int, default=8, help="concurrent sessions batched per step")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("aot", help="compile the train step for a TPU topology on CPU; check it fits HBM")
+    _add_config_args(p)
+    p.add_argument("--topology", default=None, help="e.g. v5e:4x4, v5p:4x4x4 (default: the config's own)")
+    p.add_argument("--num-slices", type=int, default=1, help="multi-slice: data axis over DCN")
+    p.add_argument("--no-flops-correction", action="store_true", help="skip the 2-layer scan correction")
+    p.add_argument("--json", help="write the report here")
+    p.set_defaults(func=cmd_aot)
+
+    p = sub.add_parser("bench", help="benchmarks -> markdown table + JSON")
+    p.add_argument("name", choices=["dmel", "compile", "train", "data", "stream"])
+    p.add_argument("--json", help="write results here")
+    p.add_argument("--seconds", type=float, default=60.0, help="dmel: seconds of audio")
+    p.add_argument("--config", default=None, help="compile/train/data: config (default configs/tiny.py)")
+    p.add_argument("--set", action="append", default=[], metavar="A.B=C", help="train: config overrides")
+    p.add_argument("--steps", type=int, default=5, help="train: timed steps")
+    p.add_argument("--workers", type=int, default=0, help="data: grain mp_prefetch workers")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo-frontends", help="log-mel/dMel PNG, Griffin-Lim WAV and hMLP token image")
+    p.add_argument("--out", default="out/demo", help="output directory")
+    p.set_defaults(func=cmd_demo_frontends)
+
+    p = sub.add_parser("quickstart", help="the README's main command")
+    p.add_argument("--workdir", default="runs/quickstart")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+# Errors caused by the user's input: print one clear line instead of a traceback.
+USER_ERRORS = (
+    "ConfigError", "DoesNotFit", "CheckpointError", "EpisodeError", "SessionEnded", "AudioInputError", "InputError",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as e:
+        names = {cls.__name__ for cls in type(e).__mro__}
+        if names & set(USER_ERRORS):
+            label = "config error" if "ConfigError" in names else "error"
+            print(f"{label}: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

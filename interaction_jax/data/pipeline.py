@@ -1,0 +1,224 @@
+"""grain pipeline: Episodes (from ArrayRecord shards or generated on the fly) -> micro-turn windows -> batches.
+
+Every stage is a ``grain.MapDataset`` (random access by index), so the whole pipeline is deterministic and
+its iterator state is a tiny dict (the next index), which the checkpoint saves. Per-process sharding slices
+the global index space by ``process_index::process_count``, so processes never see the same window.
+
+The arrays follow the batch contract documented in ``interaction_jax/model.py``. How each stream is built:
+
+* ``audio_in``: the microphone analysed exactly like the streaming front-end (600 carried samples, frame m
+  ends on sample 200m+200), then discretised to dMel bins. Training therefore sees what serving sees.
+* ``mel_out`` of chunk n: the model's voice during interval n+1 (centred analysis, frames 16(n+1)..),
+  log10-mel clipped to the dMel range [-7, 2] and normalised to [-1, 1]. The last chunk has no next
+  interval inside the episode, so its weight is 0.
+* ``text_out``: Moshi-style inner monologue. A word whose onset falls in interval n+1 starts its tokens in
+  chunk n's TEXT_OUT slots (spilling into later slots if needed), EPAD sits just before it, PAD elsewhere.
+* ``text_in``: each typed event enters the FIFO at the chunk of its timestamp; PAD when the queue is empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+from typing import Any
+
+import grain
+import numpy as np
+
+from interaction_jax.audio import dmel
+from interaction_jax.config import Config
+from interaction_jax.data.episode import Episode, read_record, shard_len
+from interaction_jax.layout import Layout
+from interaction_jax.text import tokenizer
+
+STREAM_PAD_LEFT = 712  # see audio/dmel.py: streaming frame m == centre-less frame of the left-padded wave
+STREAM_PAD_RIGHT = 112
+
+
+# ------------------------------------------------------------------------------------------ episode -> arrays
+
+
+def text_out_stream(words: list[tuple[float, str]], num_chunks: int, slots: int, chunk_s: float = 0.2):
+    """Flat [num_chunks * slots] target ids and weights-kind mask (True = word token) from word onsets."""
+    ids = np.full(num_chunks * slots, tokenizer.PAD, np.int32)
+    is_word = np.zeros(num_chunks * slots, bool)
+    cursor = 0
+    for onset, text in sorted(words):
+        toks = tokenizer.encode(text)
+        chunk = max(int(np.floor(onset / chunk_s + 1e-9)) - 1, 0)  # interval n+1 is described by chunk n
+        start = max(chunk * slots, cursor + 1)
+        if start - 1 >= ids.size:
+            break
+        ids[start - 1] = tokenizer.EPAD
+        end = min(start + len(toks), ids.size)
+        ids[start:end] = toks[: end - start]
+        is_word[start:end] = True
+        cursor = end
+    return ids, is_word
+
+
+def text_in_stream(events: list[tuple[float, str]], num_chunks: int, slots: int, chunk_s: float = 0.2):
+    """[num_chunks, slots] FIFO of typed text: tokens enter at their event's chunk, PAD when empty."""
+    arrivals: list[tuple[int, int]] = []
+    for time_s, text in sorted(events):
+        arrivals += [(int(time_s / chunk_s), t) for t in tokenizer.encode(text)]
+    out = np.full((num_chunks, slots), tokenizer.PAD, np.int32)
+    queue_pos = 0
+    for n in range(num_chunks):
+        for s in range(slots):
+            if queue_pos < len(arrivals) and arrivals[queue_pos][0] <= n:
+                out[n, s] = arrivals[queue_pos][1]
+                queue_pos += 1
+    return out
+
+
+def _pad_to(wave: np.ndarray, length: int) -> np.ndarray:
+    return np.pad(wave[:length], (0, max(0, length - wave.size)))
+
+
+def episode_arrays(ep: Episode, config: Config) -> dict[str, np.ndarray]:
+    """One Episode -> per-chunk arrays [N, ...] in the model's batch contract (no batch axis)."""
+    a, lay = config.audio, Layout.from_config(config.audio, config.vision, config.text)
+    n = ep.num_chunks
+    user = _pad_to(ep.user_audio.astype(np.float32), n * a.chunk_samples)
+    model = _pad_to(ep.model_audio.astype(np.float32), (n + 1) * a.chunk_samples)
+    stream_in = np.concatenate([np.zeros(STREAM_PAD_LEFT, np.float32), user, np.zeros(STREAM_PAD_RIGHT, np.float32)])
+    mel_in = np.asarray(dmel.log_mel(stream_in, center=False))[: n * a.frames_per_chunk]
+    mel_model = np.asarray(dmel.log_mel(model, center=True))[: (n + 1) * a.frames_per_chunk]
+    mel_model = dmel.normalize_mel(np.clip(mel_model, a.dmel_min, a.dmel_max))
+    ids, is_word = text_out_stream(ep.model_words, n, lay.num_text_out)
+    out = {
+        "audio_in": np.asarray(dmel.discretize(mel_in)).reshape(n, a.frames_per_chunk, a.n_mels).astype(np.int32),
+        "text_in": text_in_stream(ep.user_text, n, lay.num_text_in),
+        "text_out": ids.reshape(n, lay.num_text_out),
+        "text_out_weight": np.where(is_word, 1.0, config.text.pad_weight).astype(np.float32).reshape(n, -1),
+        "mel_out": np.asarray(mel_model, np.float32).reshape(n + 1, a.frames_per_chunk, a.n_mels)[1:],
+        "mel_out_weight": (np.arange(n) < n - 1).astype(np.float32),
+    }
+    if lay.num_video:
+        out["frames"], out["frame_mask"] = _frames(ep, n, config)
+    return out
+
+
+def _frames(ep: Episode, n: int, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    h, w = config.vision.height, config.vision.width
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    mask = np.zeros(n, bool)
+    if ep.frames is not None:
+        src = ep.frames[:n]
+        if src.shape[1:3] != (h, w):
+            from PIL import Image
+
+            src = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in src])
+        frames[: len(src)] = src
+        mask[: len(src)] = True
+    return frames, mask
+
+
+def crop_window(arrays: dict[str, np.ndarray], start: int, length: int) -> dict[str, np.ndarray]:
+    """Chunks [start, start+length) of an episode; zero-weight padding past its end keeps shapes static."""
+    out = {}
+    for key, arr in arrays.items():
+        piece = arr[start : start + length]
+        if len(piece) < length:
+            pad = np.zeros((length - len(piece), *arr.shape[1:]), arr.dtype)
+            if key in ("text_in", "text_out"):
+                pad[...] = tokenizer.PAD
+            piece = np.concatenate([piece, pad])
+        out[key] = piece
+    return out
+
+
+# ------------------------------------------------------------------------------------------ grain sources
+
+
+class SyntheticSource:
+    """Episode ``i`` = task ``tasks[h(seed, i) % T]`` generated from seed ``h(seed, i)``: infinite, exact."""
+
+    def __init__(self, tasks: tuple[str, ...], seed: int, voice: str = "dtmf", echo: bool = True,
+                 length: int = 2**31 - 1):
+        from interaction_jax.data import synthetic
+
+        unknown = [t for t in tasks if t not in synthetic.TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; available: {', '.join(synthetic.TASKS)}")
+        self.tasks, self.seed, self.voice, self.echo, self.length = tasks, seed, voice, echo, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def episode_seed(self, index: int) -> int:
+        return int(np.random.default_rng([self.seed, index]).integers(2**31))
+
+    def __getitem__(self, index: int) -> Episode:
+        from interaction_jax.data import synthetic
+
+        s = self.episode_seed(index)
+        task = self.tasks[s % len(self.tasks)]
+        return synthetic.generate(task, s, voice=self.voice, echo=self.echo)
+
+
+class ShardSource:
+    """Random access over all records of a glob of ArrayRecord episode shards."""
+
+    def __init__(self, pattern: str):
+        self.paths = sorted(glob.glob(pattern))
+        if not self.paths:
+            raise FileNotFoundError(f"no episode shards match {pattern!r}")
+        self.lengths = [shard_len(p) for p in self.paths]
+        self.offsets = np.cumsum([0, *self.lengths])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> Episode:
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return read_record(self.paths[shard], index - int(self.offsets[shard]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ToWindow:
+    """Episode -> one fixed window; long episodes get a deterministic random start (index-seeded)."""
+
+    config: Config
+
+    def __call__(self, index: int, ep: Episode) -> dict[str, np.ndarray]:
+        arrays = episode_arrays(ep, self.config)
+        n, w = ep.num_chunks, self.config.data.window_chunks
+        start = 0
+        if n > w:
+            start = int(np.random.default_rng([self.config.data.seed, index, 7]).integers(0, n - w + 1))
+        return crop_window(arrays, start, w)
+
+
+def make_dataset(
+    config: Config,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed_offset: int = 0,
+) -> grain.MapDataset:
+    """Infinite, deterministic MapDataset of *local* batches for this process."""
+    d = config.data
+    if d.batch_size % process_count:
+        raise ValueError(f"data.batch_size={d.batch_size} must be divisible by {process_count} processes")
+    if d.shards:
+        ds = grain.MapDataset.source(ShardSource(d.shards)).shuffle(seed=d.seed + seed_offset).repeat(None)
+    else:
+        ds = grain.MapDataset.source(SyntheticSource(d.tasks, d.seed + seed_offset, d.voice, d.echo))
+    ds = ds[process_index::process_count]
+    ds = ds.map_with_index(ToWindow(config))
+    return ds.batch(d.batch_size // process_count, drop_remainder=True)
+
+
+def make_iterator(config: Config, *, process_index: int = 0, process_count: int = 1,
+                  seed_offset: int = 0) -> grain.DatasetIterator:
+    ds = make_dataset(config, process_index=process_index, process_count=process_count, seed_offset=seed_offset)
+    it_ds = ds.to_iter_dataset()
+    if config.data.num_workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    return iter(it_ds)
+
+
+def describe_batch(batch: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {k: (tuple(v.shape), str(v.dtype)) for k, v in batch.items()}

@@ -1,0 +1,310 @@
+"""Grouped-query self-attention with RoPE, a fixed-shape KV cache and switchable kernels.
+
+``attend`` is the one entry point for the attention math; the backends are
+  * ``dot``: XLA einsums, usable everywhere. It is the reference the kernels are tested against and the
+    only backend that masks by explicit positions, so the KV-cache path always uses it;
+  * ``splash``: the Pallas TPU splash kernel, run per device inside ``shard_map`` when a mesh is set;
+  * ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` on NVIDIA GPUs;
+  * ``auto``: splash on TPU, cuDNN on GPU (bf16/fp16), dot otherwise. Kernels need ``T % 128 == 0``.
+The kernels only see the *full-sequence* training path and assume each row's positions are contiguous
+(``start + arange(T)``, as the model's padded windows are), because they mask by index, not position.
+
+GQA in ``dot`` reshapes queries to ``[B, T, Hkv, G, D]`` so K/V are never repeated in memory.
+
+KV cache (one per layer): ``{"k": [B, C, Hkv, D], "v": [B, C, Hkv, D], "pos": [B, C] int32}``, ``pos`` is
+the absolute position held by each slot (-1 = empty) and a token at position ``p`` lives in slot ``p % C``.
+A step attends the new queries to ``old cache ++ new keys`` and then writes the new keys. Attending *before*
+the write (instead of write-then-attend) means a chunk longer than 1 never overwrites keys that its own
+earliest queries still need, so a rolling cache is exact for sliding-window attention whenever
+``C >= sliding_window - 1`` whatever the chunk size, and chunks may even be longer than ``C``. Old slots are
+only visible if ``pos < `` the row's first new position, which also makes re-writing positions (rollback)
+safe. Tokens with a negative position are neither written nor attended to: a serving row with no new
+token passes ``-1`` and its cache is untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from interaction_jax.config import TransformerConfig
+from interaction_jax.layers.partitioning import (
+    BATCH_LEN_HEADS,
+    BATCH_LEN_KV_HEADS,
+    constrain,
+    to_dtype,
+    with_axes,
+)
+from interaction_jax.layers.rope import apply_rope
+
+Backend = Literal["auto", "dot", "splash", "cudnn"]
+Cache = dict[str, jax.Array]
+
+_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so fully masked rows give no NaN
+_KERNEL_TILE = 128
+
+
+# ---------------------------------------------------------------------------------------------- backends
+
+
+def resolve_backend(backend: str, q_len: int, kv_len: int, dtype: Any, platform: str | None = None) -> str:
+    """Pick the concrete backend for ``auto``; explicit choices are returned unchanged."""
+    if backend not in ("auto", "dot", "splash", "cudnn"):
+        raise ValueError(f"unknown attention backend {backend!r}")
+    if backend != "auto":
+        return backend
+    if q_len != kv_len or q_len % _KERNEL_TILE:
+        return "dot"  # decode / cache path, or a length the kernels cannot tile
+    platform = platform or jax.default_backend()
+    if platform == "tpu":
+        return "splash"
+    if platform in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return "cudnn"
+    return "dot"
+
+
+def attention_mask(q_positions: jax.Array, kv_positions: jax.Array, sliding_window: int = 0) -> jax.Array:
+    """bool ``[B, T, S]``: key valid (pos >= 0), not in the future, and within the window if one is set."""
+    q = q_positions[:, :, None]
+    kv = kv_positions[:, None, :]
+    mask = (kv >= 0) & (kv <= q)
+    if sliding_window > 0:
+        mask &= q - kv < sliding_window
+    return mask
+
+
+def _dot_attention(q, k, v, q_positions, kv_positions, sliding_window: int) -> jax.Array:
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    qg = q.reshape(b, t, hkv, h // hkv, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(d)
+    mask = attention_mask(q_positions, kv_positions, sliding_window)[:, None, None]  # [B, 1, 1, T, S]
+    probs = jax.nn.softmax(jnp.where(mask, logits, _NEG), axis=-1)
+    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)  # a query with no key outputs 0
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
+    return out.reshape(b, t, h, d)
+
+
+def _pick_block(t: int) -> int:
+    for block in (512, 256, 128):
+        if t % block == 0:
+            return block
+    raise ValueError(f"splash attention needs a sequence length divisible by 128, got {t}")
+
+
+def _mesh_axes_size(mesh: Any, entry: Any) -> int:
+    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return math.prod(mesh.shape[n] for n in names)
+
+
+def _usable(mesh: Any, entry: Any, dim: int) -> Any:
+    """Keep a logical->mesh mapping only if its axes exist in the mesh and divide ``dim``."""
+    if entry is None:
+        return None
+    names = (entry,) if isinstance(entry, str) else tuple(entry)
+    names = tuple(n for n in names if n in mesh.axis_names)
+    if not names or dim % _mesh_axes_size(mesh, names):
+        return None
+    return names[0] if len(names) == 1 else names
+
+
+def _splash_attention(q, k, v, sliding_window: int, interpret: bool, block: int | None) -> jax.Array:
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b, t, h, d = q.shape
+    blk = block or _pick_block(t)
+    # The kernel does not scale logits; scale q in fp32 once, then go head-major [B, H, T, D].
+    q = (q.astype(jnp.float32) / math.sqrt(d)).astype(q.dtype).transpose(0, 2, 1, 3)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+    def local(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        if sliding_window > 0:
+            one = sm.LocalMask((t, t), window_size=(sliding_window - 1, 0), offset=0)
+        else:
+            one = sm.CausalMask((t, t))
+        sizes = sk.BlockSizes(
+            block_q=blk, block_kv=blk, block_kv_compute=blk,
+            block_q_dkv=blk, block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk,
+        )
+        kernel = sk.make_splash_mha(
+            sm.MultiHeadMask([one] * q.shape[1]), block_sizes=sizes, head_shards=1, q_seq_shards=1,
+            interpret=interpret,
+        )
+        return jax.vmap(kernel)(q, k, v)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        out = local(q, k, v)
+    else:
+        # Shard batch and heads as the logical rules shard the activations; the sequence stays whole.
+        batch_ax, heads_ax, kv_ax = nn.logical_to_mesh_axes(("act_batch", "act_heads", "act_kv_heads"))
+        batch_ax = _usable(mesh, batch_ax, b)
+        heads_ax = _usable(mesh, heads_ax, h)
+        if _usable(mesh, kv_ax, k.shape[1]) != heads_ax:
+            # Per-shard GQA grouping would be wrong if kv heads were split differently from q heads.
+            k = jnp.repeat(k, h // k.shape[1], axis=1)
+            v = jnp.repeat(v, h // v.shape[1], axis=1)
+        spec = jax.sharding.PartitionSpec(batch_ax, heads_ax, None, None)
+        sharded = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+        out = sharded(q, k, v)
+    return out.transpose(0, 2, 1, 3)
+
+
+def _cudnn_attention(q, k, v, sliding_window: int) -> jax.Array:
+    if jax.default_backend() != "gpu":
+        raise ValueError(f"the cudnn attention backend needs an NVIDIA GPU; running on {jax.default_backend()}")
+    window = (sliding_window - 1, 0) if sliding_window > 0 else None
+    return jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, implementation="cudnn", local_window_size=window,
+        scale=1.0 / math.sqrt(q.shape[-1]),
+    )
+
+
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_positions: jax.Array,
+    kv_positions: jax.Array,
+    *,
+    backend: str = "dot",
+    sliding_window: int = 0,
+    interpret: bool = False,
+    block_size: int | None = None,
+) -> jax.Array:
+    """Causal (optionally sliding-window) GQA attention: q ``[B,T,H,D]``, k/v ``[B,S,Hkv,D]`` -> ``[B,T,H,D]``.
+
+    ``*_positions`` are int32 ``[B, T]`` / ``[B, S]`` absolute positions (negative = invalid key). Softmax
+    statistics are fp32 in every backend. ``interpret`` runs splash in Pallas interpret mode (CPU tests);
+    ``block_size`` overrides splash's tile size.
+    """
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of kv heads ({k.shape[2]})")
+    backend = resolve_backend(backend, q.shape[1], k.shape[1], q.dtype)
+    if backend != "dot" and q.shape[1] != k.shape[1]:
+        raise ValueError(f"the {backend} backend only supports the full-sequence path (no KV cache)")
+    if backend == "dot":
+        return _dot_attention(q, k, v, q_positions, kv_positions, sliding_window)
+    if backend == "splash":
+        return _splash_attention(q, k, v, sliding_window, interpret, block_size)
+    return _cudnn_attention(q, k, v, sliding_window)
+
+
+# ---------------------------------------------------------------------------------------------- KV cache
+
+
+def init_cache(config: TransformerConfig, batch: int, cache_len: int, dtype: Any = None) -> Cache:
+    """Empty cache for the whole stack: k/v ``[L, B, C, Hkv, D]`` zeros, pos ``[L, B, C]`` = -1."""
+    dtype = to_dtype(dtype if dtype is not None else config.dtype)
+    kv_shape = (config.num_layers, batch, cache_len, config.num_kv_heads, config.head_dim)
+    return {
+        "k": jnp.zeros(kv_shape, dtype),
+        "v": jnp.zeros(kv_shape, dtype),
+        "pos": jnp.full((config.num_layers, batch, cache_len), -1, jnp.int32),
+    }
+
+
+def cache_logical_axes() -> dict[str, tuple[str | None, ...]]:
+    """Logical axes of the stacked cache (for the serving engine's shardings)."""
+    return {
+        "k": ("layers", "act_batch", "act_len", "act_kv_heads", "head_dim"),
+        "v": ("layers", "act_batch", "act_len", "act_kv_heads", "head_dim"),
+        "pos": ("layers", "act_batch", "act_len"),
+    }
+
+
+def cache_context(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array):
+    """Keys/values/positions the new queries see: visible old slots followed by the new tokens."""
+    big = jnp.iinfo(jnp.int32).max
+    start = jnp.min(jnp.where(positions >= 0, positions, big), axis=1, keepdims=True)
+    old_pos = cache["pos"]
+    old_pos = jnp.where((old_pos >= 0) & (old_pos < start), old_pos, -1)
+    k_all = jnp.concatenate([cache["k"].astype(k.dtype), k], axis=1)
+    v_all = jnp.concatenate([cache["v"].astype(v.dtype), v], axis=1)
+    return k_all, v_all, jnp.concatenate([old_pos, positions.astype(jnp.int32)], axis=1)
+
+
+def update_cache(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array) -> Cache:
+    """Scatter the new tokens into slots ``pos % C``; only each row's last ``C`` valid tokens are kept."""
+    batch, size = cache["pos"].shape
+    last = jnp.max(positions, axis=1, keepdims=True)
+    keep = (positions >= 0) & (positions > last - size)
+    slot = jnp.where(keep, positions % size, size)  # index ``size`` is out of bounds -> dropped
+    rows = jnp.arange(batch)[:, None]
+    return {
+        "k": cache["k"].at[rows, slot].set(k.astype(cache["k"].dtype), mode="drop"),
+        "v": cache["v"].at[rows, slot].set(v.astype(cache["v"].dtype), mode="drop"),
+        "pos": cache["pos"].at[rows, slot].set(positions.astype(jnp.int32), mode="drop"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- module
+
+
+class Projection(nn.Module):
+    """Bias-free ``DenseGeneral``: contract the last ``num_contract`` dims of x with a kernel of logical ``axes``.
+
+    Not ``nn.DenseGeneral`` because it initialises a flattened 2-D kernel and reshapes it; with a boxed
+    (logically partitioned) initializer that applies a 3-name sharding constraint to a 2-D array, which
+    fails as soon as rules and a mesh are active (flax re-traces the initializer to check shapes).
+    """
+
+    features: tuple[int, ...]
+    axes: tuple[str, ...]
+    num_contract: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, f = self.num_contract, len(self.features)
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=tuple(range(n)), out_axis=tuple(range(n, n + f))
+        )
+        kernel = self.param("kernel", with_axes(init, self.axes), (*x.shape[-n:], *self.features), jnp.float32)
+        dims = ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
+        return jax.lax.dot_general(jnp.asarray(x, self.dtype), kernel.astype(self.dtype), dims)
+
+
+class Attention(nn.Module):
+    """GQA self-attention: ``(x [B,T,D], positions [B,T], cache|None) -> (y [B,T,D], new_cache|None)``.
+
+    Kernels: query ``[embed, heads, head_dim]``, key/value ``[embed, kv_heads, head_dim]``,
+    out ``[heads, head_dim, embed]``; no biases.
+    """
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: Cache | None = None):
+        cfg = self.config
+        dtype = to_dtype(cfg.dtype)
+        if cfg.num_heads % cfg.num_kv_heads:
+            raise ValueError(f"num_heads ({cfg.num_heads}) must be a multiple of num_kv_heads {cfg.num_kv_heads}")
+
+        def proj(heads: int, axis: str, name: str) -> Projection:
+            return Projection((heads, cfg.head_dim), ("embed", axis, "head_dim"), dtype=dtype, name=name)
+
+        q = apply_rope(proj(cfg.num_heads, "heads", "query")(x), positions, cfg.rope_theta)
+        k = apply_rope(proj(cfg.num_kv_heads, "kv_heads", "key")(x), positions, cfg.rope_theta)
+        v = proj(cfg.num_kv_heads, "kv_heads", "value")(x)
+        q = constrain(q, BATCH_LEN_HEADS)
+        k = constrain(k, BATCH_LEN_KV_HEADS)
+        v = constrain(v, BATCH_LEN_KV_HEADS)
+
+        if cache is None:
+            out = attend(q, k, v, positions, positions, backend=cfg.attention_backend,
+                         sliding_window=cfg.sliding_window)
+            new_cache = None
+        else:
+            k_all, v_all, kv_pos = cache_context(cache, k, v, positions)
+            out = attend(q, k_all, v_all, positions, kv_pos, backend="dot", sliding_window=cfg.sliding_window)
+            new_cache = update_cache(cache, k, v, positions)
+        out = constrain(out, BATCH_LEN_HEADS)
+        out_axes = ("heads", "head_dim", "embed")
+        out_proj = Projection((x.shape[-1],), out_axes, num_contract=2, dtype=dtype, name="out")
+        return out_proj(out), new_cache

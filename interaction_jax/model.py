@@ -1,0 +1,357 @@
+"""InteractionModel: thin front-ends -> one interleaved micro-turn sequence -> transformer -> text + mel heads.
+
+Batch contract (produced by ``interaction_jax.data.pipeline``; ``B`` batch, ``N`` chunks per window,
+``H x W`` frame size, ``Ti/To`` text slots, ``F = 16`` mel frames per chunk, ``M = 80`` mel channels):
+
+==================  ===================  =======  =============================================================
+key                 shape                dtype    meaning
+==================  ===================  =======  =============================================================
+``audio_in``        [B, N, F, M]         int32    dMel bins of the microphone for interval n (streaming frames)
+``frames``          [B, N, H, W, 3]      uint8    the video frame of interval n (absent if the config has V=0)
+``frame_mask``      [B, N]               bool     False -> the learned "no frame" tokens replace the hMLP output
+``text_in``         [B, N, Ti]           int32    typed user text / background results, PAD when empty
+``text_out``        [B, N, To]           int32    inner-monologue targets describing interval n+1
+``text_out_weight`` [B, N, To]           float32  1 for word tokens, 0.5 for PAD/EPAD, 0 outside the episode
+``mel_out``         [B, N, F, M]         float32  normalised log-mel the model says during interval n+1
+``mel_out_weight``  [B, N]               float32  1 inside the episode, 0 for padding chunks
+==================  ===================  =======  =============================================================
+
+Inputs at the model's own output slots are teacher-forced from the targets, shifted by one token in flat
+order: the input at TEXT_OUT slot j is the previous text-out token (BOS at the window start), and the input
+at AUDIO_OUT slot i is the previous k-frame mel block (silence at the window start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interaction_jax.config import AudioConfig, Config, ModelConfig, TextConfig, VisionConfig
+from interaction_jax.flow_head import FlowHead
+from interaction_jax.layers import Transformer
+from interaction_jax.layout import Layout, SlotType
+from interaction_jax.text import tokenizer
+from interaction_jax.vision.hmlp import HMLPStem, frames_to_input
+
+SILENCE_MEL = -1.0  # normalised floor: log10-mel clipped at -7 -> (-7 + 2.5) / 4.5
+
+
+def _param(name: str, axes: tuple[str | None, ...], init, shape, module: nn.Module):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+class InteractionModel(nn.Module):
+    """The whole network. Pure: ``init(rng, batch)`` / ``apply(params, batch)``; no global state."""
+
+    model: ModelConfig
+    audio: AudioConfig
+    vision: VisionConfig
+    text: TextConfig
+
+    @classmethod
+    def from_config(cls, config: Config) -> InteractionModel:
+        return cls(model=config.model, audio=config.audio, vision=config.vision, text=config.text)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.from_config(self.audio, self.vision, self.text)
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.model.transformer.dtype)
+
+    def setup(self) -> None:
+        lay = self.layout
+        d = self.model.transformer.d_model
+        emb_init = nn.initializers.normal(stddev=0.02)
+        self.tick_embed = _param("tick_embed", ("embed",), emb_init, (d,), self)
+        self.slot_type_embed = _param("slot_type_embed", (None, "embed"), emb_init, (len(SlotType), d), self)
+        # dMel bag of embeddings: one row per (frame-in-token, channel, bin); a token is the sum of its rows.
+        self.dmel_table = _param(
+            "dmel_table", (None, None, "embed"), emb_init,
+            (lay.frames_per_token * lay.num_mels, self.audio.dmel_bins, d), self,
+        )
+        if lay.num_video:
+            self.video_stem = HMLPStem(dim=d, patch=self.vision.patch, dtype=self.dtype)
+            self.no_frame_embed = _param("no_frame_embed", (None, "embed"), emb_init, (lay.num_video, d), self)
+        self.text_embed = _param("text_embed", ("vocab", "embed"), emb_init, (self.text.vocab_size, d), self)
+        self.mel_in = nn.Dense(
+            d, dtype=self.dtype, name="mel_in",
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        )
+        self.transformer = Transformer(self.model.transformer)
+        self.unembed = nn.Dense(
+            self.text.vocab_size, use_bias=False, dtype=jnp.float32, name="unembed",
+            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("embed", "vocab")),
+        )
+        self.flow_head = FlowHead(config=self.model.flow_head, out_dim=lay.mel_block, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ front-ends (one chunk axis N)
+    def _slot(self, x: jax.Array, kind: SlotType) -> jax.Array:
+        return (x + self.slot_type_embed[int(kind)]).astype(self.dtype)
+
+    def embed_audio_in(self, bins: jax.Array) -> jax.Array:
+        """int32[..., F, M] dMel bins -> [..., A, D] bag-of-embeddings tokens.
+
+        The bag (sum of one row per frame/channel/bin) is computed as a one-hot contraction: on TPU a dense
+        matmul beats a gather of k*80 rows per token, and its gradient is a matmul instead of a scatter-add.
+        """
+        lay = self.layout
+        lead = bins.shape[:-2]
+        grouped = bins.reshape(*lead, lay.num_audio, lay.frames_per_token * lay.num_mels)
+        onehot = jax.nn.one_hot(grouped, self.audio.dmel_bins, dtype=self.dtype)
+        tokens = jnp.einsum("...cb,cbd->...d", onehot, self.dmel_table.astype(self.dtype))
+        return self._slot(tokens, SlotType.AUDIO_IN)
+
+    def embed_video(self, frames: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        """uint8[..., H, W, 3] + bool[...] -> [..., V, D]; missing frames use learned no-frame tokens."""
+        tokens = self.video_stem(frames_to_input(frames).astype(self.dtype))
+        tokens = jnp.where(frame_mask[..., None, None], tokens, self.no_frame_embed.astype(tokens.dtype))
+        return self._slot(tokens, SlotType.VIDEO)
+
+    def embed_text(self, ids: jax.Array, kind: SlotType) -> jax.Array:
+        return self._slot(jnp.take(self.text_embed, ids, axis=0), kind)
+
+    def embed_mel(self, blocks: jax.Array) -> jax.Array:
+        """float32[..., A, k*M] previous mel blocks -> AUDIO_OUT input tokens."""
+        return self._slot(self.mel_in(blocks.astype(self.dtype)), SlotType.AUDIO_OUT)
+
+    def embed_inputs(self, audio_in, frames, frame_mask, text_in) -> jax.Array:
+        """World-side slots of each chunk, [..., N, num_input_slots, D] in layout order (TICK..TEXT_IN)."""
+        lead = audio_in.shape[:-2]
+        tick = jnp.broadcast_to(self._slot(self.tick_embed, SlotType.TICK), (*lead, 1, self.tick_embed.shape[0]))
+        parts = [tick]
+        if self.layout.num_video:
+            parts.append(self.embed_video(frames, frame_mask))
+        parts += [self.embed_audio_in(audio_in), self.embed_text(text_in, SlotType.TEXT_IN)]
+        return jnp.concatenate(parts, axis=-2)
+
+    # ------------------------------------------------------------------ core
+    def run_transformer(self, x: jax.Array, positions: jax.Array, cache: Any = None):
+        """[B, T, D] tokens at absolute ``positions`` -> (hidden, new_cache, aux_loss). Used by train and serve."""
+        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+        return self.transformer(x, positions, cache=cache)
+
+    def text_logits(self, hidden: jax.Array) -> jax.Array:
+        return self.unembed(hidden.astype(jnp.float32))
+
+    def __call__(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Teacher-forced forward over whole windows: returns text logits, flow conditions and aux loss."""
+        lay = self.layout
+        text_out, mel_out = batch["text_out"], batch["mel_out"]
+        b, n = text_out.shape[:2]
+        # Shift the model's own streams right by one token in flat time order.
+        flat_text = text_out.reshape(b, n * lay.num_text_out)
+        text_prev = jnp.concatenate([jnp.full((b, 1), tokenizer.BOS, flat_text.dtype), flat_text[:, :-1]], 1)
+        blocks = mel_out.reshape(b, n * lay.num_audio, lay.mel_block)
+        mel_prev = jnp.concatenate([jnp.full_like(blocks[:, :1], SILENCE_MEL), blocks[:, :-1]], axis=1)
+
+        inputs = self.embed_inputs(batch["audio_in"], batch.get("frames"), batch.get("frame_mask"), batch["text_in"])
+        tokens = jnp.concatenate(
+            [
+                inputs,
+                self.embed_text(text_prev.reshape(b, n, lay.num_text_out), SlotType.TEXT_OUT),
+                self.embed_mel(mel_prev.reshape(b, n, lay.num_audio, lay.mel_block)),
+            ],
+            axis=2,
+        )
+        seq = lay.seq_len(n)
+        padded = lay.padded_len(n, self.model.pad_multiple)
+        x = tokens.reshape(b, seq, -1)
+        x = jnp.pad(x, ((0, 0), (0, padded - seq), (0, 0)))
+        positions = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), (b, padded))
+        hidden, _, aux = self.run_transformer(x, positions)
+        hidden = hidden[:, :seq].reshape(b, n, lay.slots_per_chunk, -1)
+        text_h = hidden[:, :, lay.slot_range(SlotType.TEXT_OUT)]
+        audio_h = hidden[:, :, lay.slot_range(SlotType.AUDIO_OUT)]
+        return {"text_logits": self.text_logits(text_h), "flow_cond": audio_h, "aux_loss": aux}
+
+    def decode_chunk(
+        self,
+        cache: Any,
+        chunk_index: jax.Array,
+        audio_in: jax.Array,
+        frames: jax.Array | None,
+        frame_mask: jax.Array | None,
+        text_in: jax.Array,
+        prev_text: jax.Array,
+        prev_mel: jax.Array,
+        keys: jax.Array,
+        sampling: Sampling,
+    ) -> dict[str, Any]:
+        """One micro-turn for B streams with a KV cache: prefill the world slots, then speak.
+
+        ``chunk_index`` [B] may differ per row (sessions join at any time). The prefill covers the input
+        slots plus the first TEXT_OUT slot (its input, the previous text-out token, is already known);
+        then each remaining TEXT_OUT token and each AUDIO_OUT block is decoded one slot at a time, feeding
+        the sample back as the next slot's input. ``keys`` [B] are per-row PRNG keys, so a row's samples
+        do not depend on which other rows share the batch.
+        """
+        lay = self.layout
+        s = lay.slots_per_chunk
+        base = (chunk_index * s).astype(jnp.int32)[:, None]
+        x = self.embed_inputs(audio_in[:, None], None if frames is None else frames[:, None],
+                              None if frame_mask is None else frame_mask[:, None], text_in[:, None])[:, 0]
+        x = jnp.concatenate([x, self.embed_text(prev_text[:, None], SlotType.TEXT_OUT)], axis=1)
+        n_pre = x.shape[1]
+        h, cache, _ = self.run_transformer(x, base + jnp.arange(n_pre, dtype=jnp.int32), cache)
+        text_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, 0), lay.num_text_out))(keys)
+        logits = [self.text_logits(h[:, -1])]
+        tokens = [sample_tokens(logits[0], text_keys[:, 0], sampling)]
+        off_text = lay.offset(SlotType.TEXT_OUT)
+        for j in range(1, lay.num_text_out):
+            x = self.embed_text(tokens[-1][:, None], SlotType.TEXT_OUT)
+            h, cache, _ = self.run_transformer(x, base + off_text + j, cache)
+            logits.append(self.text_logits(h[:, -1]))
+            tokens.append(sample_tokens(logits[-1], text_keys[:, j], sampling))
+        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (lay.num_audio, lay.mel_block)))(keys)
+        off_audio = lay.offset(SlotType.AUDIO_OUT)
+        blocks, conds, prev = [], [], prev_mel
+        for i in range(lay.num_audio):
+            h, cache, _ = self.run_transformer(self.embed_mel(prev[:, None]), base + off_audio + i, cache)
+            conds.append(h[:, 0])
+            prev = self.flow_head.sample_with_noise(
+                h[:, 0], noise[:, i] * sampling.audio_temperature, steps=sampling.flow_steps,
+                cfg_scale=sampling.cfg_scale,
+            ).astype(jnp.float32)
+            blocks.append(prev)
+        return {
+            "cache": cache,
+            "text_tokens": jnp.stack(tokens, axis=1),
+            "text_logits": jnp.stack(logits, axis=1),
+            "mel_blocks": jnp.stack(blocks, axis=1),
+            "flow_cond": jnp.stack(conds, axis=1),
+        }
+
+    def loss(self, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Text CE (PAD/EPAD down-weighted by the data) + lambda * flow CFM + MoE aux; with metrics."""
+        out = self(batch)
+        lay = self.layout
+        logits, targets = out["text_logits"], batch["text_out"]
+        weights = batch["text_out_weight"].astype(jnp.float32)
+        logz = jax.nn.logsumexp(logits, axis=-1)
+        target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        ce = logz - target_logit
+        text_loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
+
+        b, n = targets.shape[:2]
+        cond = out["flow_cond"].reshape(b * n * lay.num_audio, -1)
+        target = batch["mel_out"].reshape(b * n * lay.num_audio, lay.mel_block)
+        mel_w = jnp.repeat(batch["mel_out_weight"].astype(jnp.float32).reshape(b * n), lay.num_audio)
+        flow_loss = self.flow_head.loss(cond, target, rng, weights=mel_w)
+
+        aux_w = self.model.transformer.moe.aux_loss_weight if self.model.transformer.moe.num_experts else 0.0
+        loss = text_loss + self.model.flow_loss_weight * flow_loss + aux_w * out["aux_loss"]
+
+        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+        is_word = (targets != tokenizer.PAD) & (targets != tokenizer.EPAD) & (weights > 0)
+        is_pad = (~is_word) & (weights > 0)
+        metrics = {
+            "loss": loss,
+            "text_loss": text_loss,
+            "flow_loss": flow_loss,
+            "moe_aux_loss": out["aux_loss"],
+            "text_out_acc_word": _masked_mean(correct, is_word),
+            "text_out_acc_pad": _masked_mean(correct, is_pad),
+            "text_out_word_frac": _masked_mean(is_word.astype(jnp.float32), weights > 0),
+        }
+        return loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Decode-time sampling knobs (static under jit)."""
+
+    temperature: float = 0.0  # 0 = greedy text
+    top_k: int = 0  # 0 = no top-k filter
+    audio_temperature: float = 1.0  # scales the flow head's initial noise
+    flow_steps: int = 8
+    cfg_scale: float = 1.0
+
+
+def sample_tokens(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:
+    """Per-row sampling with temperature and top-k; greedy when temperature is 0."""
+    if sampling.temperature <= 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+# ---------------------------------------------------------------------- pure-functional entry points
+
+
+def batch_spec(config: Config, batch_size: int, num_chunks: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one batch (the contract above); used for init, AOT compilation and tests."""
+    lay = Layout.from_config(config.audio, config.vision, config.text)
+    f, m = config.audio.frames_per_chunk, config.audio.n_mels
+    b, n = batch_size, num_chunks
+    spec = {
+        "audio_in": ((b, n, f, m), jnp.int32),
+        "text_in": ((b, n, lay.num_text_in), jnp.int32),
+        "text_out": ((b, n, lay.num_text_out), jnp.int32),
+        "text_out_weight": ((b, n, lay.num_text_out), jnp.float32),
+        "mel_out": ((b, n, f, m), jnp.float32),
+        "mel_out_weight": ((b, n), jnp.float32),
+    }
+    if lay.num_video:
+        spec["frames"] = ((b, n, config.vision.height, config.vision.width, 3), jnp.uint8)
+        spec["frame_mask"] = ((b, n), jnp.bool_)
+    return {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in spec.items()}
+
+
+def dummy_batch(config: Config, batch_size: int = 1, num_chunks: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random batch that satisfies the contract: for init, tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for key, s in batch_spec(config, batch_size, num_chunks).items():
+        if key == "audio_in":
+            out[key] = rng.integers(0, config.audio.dmel_bins, s.shape, dtype=np.int32)
+        elif key in ("text_in", "text_out"):
+            out[key] = rng.integers(0, 256, s.shape, dtype=np.int32)
+        elif key == "frames":
+            out[key] = rng.integers(0, 256, s.shape, dtype=np.uint8)
+        elif key == "frame_mask":
+            out[key] = np.ones(s.shape, bool)
+        elif key == "mel_out":
+            out[key] = rng.uniform(-1, 1, s.shape).astype(np.float32)
+        else:
+            out[key] = np.ones(s.shape, np.float32)
+    return out
+
+
+def init(rng: jax.Array, config: Config, num_chunks: int = 2) -> Any:
+    """Fresh params (boxed with logical axis names; ``nn.unbox`` / ``nn.get_partition_spec`` read them)."""
+    model = InteractionModel.from_config(config)
+    batch = jax.tree.map(jnp.asarray, dummy_batch(config, 1, num_chunks))
+    # Through `loss`, so every submodule (the flow head and its learned null condition too) creates its params.
+    return model.init(rng, batch, jax.random.key(0), method=InteractionModel.loss)["params"]
+
+
+def loss_fn(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, config: Config):
+    """``(loss, metrics)`` for one batch: the training objective as a pure function of (params, batch, rng)."""
+    model = InteractionModel.from_config(config)
+    return model.apply({"params": params}, batch, rng, method=InteractionModel.loss)
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params))))
+
+
+def replace_transformer(config: Config, **changes: Any) -> Config:
+    """Convenience for sweeps and tests: ``replace_transformer(cfg, num_layers=2)``."""
+    model = dataclasses.replace(config.model, transformer=dataclasses.replace(config.model.transformer, **changes))
+    return dataclasses.replace(config, model=model)

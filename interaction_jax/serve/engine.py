@@ -1,0 +1,224 @@
+"""Streaming engine: a fixed batch of session slots stepped together, one jitted call per 200 ms micro-turn.
+
+The call takes 3200 new microphone samples (plus an optional frame and text-in tokens) per slot and
+returns 3200 output samples and the text-out tokens. Inside it: streaming dMel, the input prefill, the
+text and audio decode with the KV cache, and streaming Griffin-Lim. The state (KV cache included) is
+donated, so it is updated in place. Sessions join and leave by resetting their row: shapes never change,
+so nothing recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interaction_jax.audio import dmel, vocoder
+from interaction_jax.config import Config
+from interaction_jax.layers import init_cache
+from interaction_jax.layout import Layout
+from interaction_jax.model import SILENCE_MEL, InteractionModel, Sampling
+from interaction_jax.text import tokenizer
+
+
+class SessionEnded(RuntimeError):
+    """A session reached the end of its KV cache and sliding-window attention is off."""
+
+
+@flax.struct.dataclass
+class EngineState:
+    cache: Any
+    chunk_index: jax.Array  # [B] int32: next chunk of each slot
+    prev_text: jax.Array  # [B] int32: last text-out token (input of the next TEXT_OUT slot 0)
+    prev_mel: jax.Array  # [B, k*80]: last generated mel block (input of the next AUDIO_OUT slot 0)
+    dmel_state: Any  # streaming log-mel context of each slot
+    vocoder_state: Any  # streaming Griffin-Lim context of each slot
+    seed: jax.Array  # [B] uint32: per-session sampling seed
+
+
+class Engine:
+    """``B`` session slots of one model. ``step`` runs one micro-turn for all of them."""
+
+    def __init__(self, config: Config, params: Any, *, batch_slots: int, cache_chunks: int | None = None,
+                 sampling: Sampling = Sampling()):
+        self.config, self.params, self.batch_slots, self.sampling = config, params, batch_slots, sampling
+        self.model = InteractionModel.from_config(config)
+        self.layout = Layout.from_config(config.audio, config.vision, config.text)
+        self.cache_chunks = cache_chunks or config.model.max_chunks
+        self.cache_len = self.cache_chunks * self.layout.slots_per_chunk
+        window = config.model.transformer.sliding_window
+        if window and window + self.layout.slots_per_chunk > self.cache_len:
+            raise ValueError(f"sliding_window={window} needs a cache of at least window + one chunk "
+                             f"({window + self.layout.slots_per_chunk} tokens), got {self.cache_len}")
+        self._step = jax.jit(self._step_impl, donate_argnums=(1,))
+        self._reset = jax.jit(self._reset_impl, donate_argnums=(0,))
+
+    # ---------------------------------------------------------------------------- state
+    def init_state(self) -> EngineState:
+        b = self.batch_slots
+        tcfg = self.config.model.transformer
+        return EngineState(
+            cache=init_cache(tcfg, b, self.cache_len, jnp.dtype(tcfg.dtype)),
+            chunk_index=jnp.zeros((b,), jnp.int32),
+            prev_text=jnp.full((b,), tokenizer.BOS, jnp.int32),
+            prev_mel=jnp.full((b, self.layout.mel_block), SILENCE_MEL, jnp.float32),
+            dmel_state=dmel.stream_init((b,)),
+            vocoder_state=vocoder.griffin_lim_stream_init((b,)),
+            seed=jnp.zeros((b,), jnp.uint32),
+        )
+
+    @staticmethod
+    def _select_rows(rows: jax.Array, new: EngineState, old: EngineState) -> EngineState:
+        """Per-row select between two states; cache leaves are stacked over layers (batch is axis 1)."""
+
+        def pick(path, a, b):
+            axis = 1 if any(getattr(k, "name", None) == "cache" for k in path) else 0
+            shape = [1] * a.ndim
+            shape[axis] = -1
+            return jnp.where(rows.reshape(shape), a, b)
+
+        return jax.tree_util.tree_map_with_path(pick, new, old)
+
+    def _reset_impl(self, state: EngineState, rows: jax.Array, seeds: jax.Array) -> EngineState:
+        """Clear the given rows (bool [B]) so a new session can start there; other rows are untouched."""
+        state = self._select_rows(rows, self.init_state(), state)
+        return state.replace(seed=jnp.where(rows, seeds.astype(jnp.uint32), state.seed))
+
+    def reset(self, state: EngineState, rows: np.ndarray, seeds: np.ndarray | None = None) -> EngineState:
+        seeds = np.zeros(self.batch_slots, np.uint32) if seeds is None else np.asarray(seeds, np.uint32)
+        return self._reset(state, jnp.asarray(rows, bool), jnp.asarray(seeds))
+
+    # ---------------------------------------------------------------------------- the micro-turn
+    def _step_impl(self, params, state: EngineState, audio, frames, frame_mask, text_in, advance):
+        a = self.config.audio
+        dmel_state, mel_in = dmel.stream_step(state.dmel_state, audio)
+        bins = dmel.discretize(mel_in)
+        keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(state.seed, state.chunk_index)
+        out = self.model.apply(
+            {"params": params}, state.cache, state.chunk_index, bins, frames, frame_mask, text_in,
+            state.prev_text, state.prev_mel, keys, self.sampling, method=InteractionModel.decode_chunk,
+        )
+        blocks = out["mel_blocks"]  # [B, A, k*80] normalised
+        mel = blocks.reshape(blocks.shape[0], a.frames_per_chunk, a.n_mels)
+        log_mel = dmel.denormalize_mel(mel)
+        vocoder_state, wave = vocoder.griffin_lim_stream_step(state.vocoder_state, log_mel)
+        new_state = EngineState(
+            cache=out["cache"], chunk_index=state.chunk_index + 1, prev_text=out["text_tokens"][:, -1],
+            prev_mel=blocks[:, -1], dmel_state=dmel_state, vocoder_state=vocoder_state, seed=state.seed,
+        )
+        new_state = self._select_rows(advance, new_state, state)  # idle rows keep their state exactly
+        outputs = {"audio": wave, "text_tokens": out["text_tokens"], "mel": mel, "text_logits": out["text_logits"],
+                   "flow_cond": out["flow_cond"], "audio_in_bins": bins}
+        return new_state, outputs
+
+    def step(self, state: EngineState, audio: np.ndarray, frames: np.ndarray | None = None,
+             frame_mask: np.ndarray | None = None, text_in: np.ndarray | None = None,
+             active: np.ndarray | None = None, advance: np.ndarray | None = None,
+             ) -> tuple[EngineState, dict[str, np.ndarray]]:
+        """One micro-turn for every slot. ``audio`` float32 [B, 3200]; returns host numpy outputs.
+
+        ``active`` marks rows holding a live session (capacity is checked only for those); ``advance``
+        marks rows that consume this chunk; the others are computed but their state is left untouched.
+        """
+        b, lay = self.batch_slots, self.layout
+        audio = np.asarray(audio, np.float32)
+        if audio.shape != (b, self.config.audio.chunk_samples):
+            raise ValueError(f"audio must be float32 [{b}, {self.config.audio.chunk_samples}], got {audio.shape}")
+        if not np.isfinite(audio).all():
+            raise ValueError("audio contains NaN or inf")
+        self._check_capacity(state, active)
+        if lay.num_video:
+            h, w = self.config.vision.height, self.config.vision.width
+            frames = np.zeros((b, h, w, 3), np.uint8) if frames is None else np.asarray(frames, np.uint8)
+            frame_mask = np.zeros(b, bool) if frame_mask is None else np.asarray(frame_mask, bool)
+        else:
+            frames = frame_mask = None
+        if text_in is None:
+            text_in = np.full((b, lay.num_text_in), tokenizer.PAD, np.int32)
+        start = time.perf_counter()
+        advance = np.ones(b, bool) if advance is None else np.asarray(advance, bool)
+        state, out = self._step(self.params, state, audio, frames, frame_mask, np.asarray(text_in, np.int32),
+                                advance)
+        out = jax.device_get(out)
+        out["step_s"] = time.perf_counter() - start
+        out["rtf"] = out["step_s"] / (self.config.audio.chunk_samples / self.config.audio.sample_rate)
+        return state, out
+
+    def _check_capacity(self, state: EngineState, active: np.ndarray | None) -> None:
+        if self.config.model.transformer.sliding_window:
+            return  # the cache rolls: positions keep growing, slots wrap modulo the cache length
+        idx = np.asarray(state.chunk_index)
+        full = idx >= self.cache_chunks
+        if active is not None:
+            full &= np.asarray(active, bool)
+        if full.any():
+            raise SessionEnded(
+                f"session slot(s) {np.flatnonzero(full).tolist()} reached the KV cache length "
+                f"({self.cache_chunks} chunks = {self.cache_chunks * 0.2:.0f} s); end the session, or train with "
+                "model.transformer.sliding_window > 0 so the cache can roll"
+            )
+
+
+@dataclasses.dataclass
+class TextInQueue:
+    """Host-side FIFO feeding TEXT_IN: typed text and background-model results, Ti tokens per chunk."""
+
+    slots: int
+    pending: list[int] = dataclasses.field(default_factory=list)
+
+    def push(self, text: str) -> None:
+        self.pending.extend(tokenizer.encode(text))
+
+    def pop_chunk(self) -> np.ndarray:
+        out = np.full(self.slots, tokenizer.PAD, np.int32)
+        take = self.pending[: self.slots]
+        out[: len(take)] = take
+        del self.pending[: len(take)]
+        return out
+
+
+@dataclasses.dataclass
+class DelegateTracker:
+    """Finds ``<delegate>...</delegate>`` spans in the text-out stream and reports each closed span once."""
+
+    buffer: list[int] = dataclasses.field(default_factory=list)
+    inside: bool = False
+
+    def feed(self, tokens: np.ndarray) -> list[str]:
+        spans = []
+        for t in np.asarray(tokens).tolist():
+            if t == tokenizer.DELEGATE_START:
+                self.inside, self.buffer = True, []
+            elif t == tokenizer.DELEGATE_END and self.inside:
+                spans.append(tokenizer.decode(self.buffer))
+                self.inside, self.buffer = False, []
+            elif self.inside and t not in (tokenizer.PAD, tokenizer.EPAD):
+                self.buffer.append(t)
+        return spans
+
+
+def load_params(checkpoint_dir: str, config: Config | None = None) -> tuple[Config, Any]:
+    """Params of the latest checkpoint in a training workdir (or its ``checkpoints`` folder), unsharded."""
+    from pathlib import Path
+
+    from interaction_jax import sharding
+    from interaction_jax.checkpoint import Checkpointer, CheckpointError, load_run_config
+    from interaction_jax.config import MeshConfig
+    from interaction_jax.train import Trainer
+
+    path = Path(checkpoint_dir)
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {checkpoint_dir} does not exist")
+    config = config or load_run_config(path)
+    mesh = sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    trainer = Trainer(dataclasses.replace(config, mesh=MeshConfig(data=1)), mesh)
+    _, state = Checkpointer(path, async_save=False).restore(trainer.abstract_state)
+    return config, nn.unbox(state.params)

@@ -1,0 +1,240 @@
+"""WebSocket server: many live sessions batched into one engine step per micro-turn.
+
+    python -m interaction_jax serve --checkpoint runs/tiny [--host 127.0.0.1] [--port 8765] [--slots 8]
+
+Protocol (one WebSocket per session; ``GET /`` without an upgrade serves a small browser page):
+
+client -> server
+  * text ``{"type": "start", "seed": int?}``: first message; the server answers
+    ``{"type": "ready", "session": id, "sample_rate": 16000, "chunk_samples": 3200}``.
+  * binary ``0x01 + 6400 bytes``: one 200 ms chunk of mono PCM16 little-endian audio. Each chunk triggers
+    exactly one micro-turn of this session.
+  * binary ``0x02 + JPEG bytes``: the video frame for the next audio chunk (optional).
+  * text ``{"type": "text", "text": str}``: typed text, queued FIFO into TEXT_IN.
+server -> client, per audio chunk
+  * binary ``0x01 + 6400 bytes``: the model's PCM16 audio for the next 200 ms.
+  * text ``{"type": "text", "chunk": n, "time": s, "tokens": [...], "text": str}`` when text-out is not PAD.
+  * text ``{"type": "delegate", "text": str}`` for each closed ``<delegate>...</delegate>`` span.
+Errors: a malformed message closes *that* connection with code 1003 (unsupported data) or 1007 (invalid
+payload) and a reason; a full server refuses with 1013. Other sessions are never affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interaction_jax.config import Config
+from interaction_jax.model import Sampling
+from interaction_jax.serve.engine import DelegateTracker, Engine, TextInQueue
+from interaction_jax.text import tokenizer
+
+AUDIO, FRAME = 0x01, 0x02
+MAX_MESSAGE_BYTES = 512 * 1024
+MAX_TEXT_CHARS = 2000
+STATIC = Path(__file__).with_name("static")
+
+
+@dataclasses.dataclass
+class Connection:
+    slot: int
+    chunk: int = 0
+    frame: np.ndarray | None = None
+    text: TextInQueue | None = None
+    delegate: DelegateTracker = dataclasses.field(default_factory=DelegateTracker)
+    pending: asyncio.Future | None = None
+
+
+class Server:
+    """Owns the engine; a single batching task steps every session that has sent a chunk."""
+
+    def __init__(self, config: Config, params: Any, *, slots: int = 8, sampling: Sampling = Sampling(),
+                 on_delegate: Callable[[int, str], str | None] | None = None, batch_wait_s: float = 0.01):
+        self.config = config
+        self.engine = Engine(config, params, batch_slots=slots, sampling=sampling)
+        self.state = self.engine.init_state()
+        self.free = list(range(slots))
+        self.conns: dict[int, Connection] = {}
+        self.inbox: dict[int, np.ndarray] = {}
+        self.on_delegate = on_delegate
+        self.batch_wait_s = batch_wait_s
+        self.wake = asyncio.Event()
+        self.steps = 0
+
+    # ------------------------------------------------------------------ batching loop
+    async def run_batches(self) -> None:
+        while True:
+            await self.wake.wait()
+            await asyncio.sleep(self.batch_wait_s)  # let concurrent sessions' chunks join this step
+            self.wake.clear()
+            ready = dict(self.inbox)
+            self.inbox.clear()
+            if ready:
+                await asyncio.get_running_loop().run_in_executor(None, self._step, ready)
+
+    def _step(self, ready: dict[int, np.ndarray]) -> None:
+        eng, b = self.engine, self.engine.batch_slots
+        lay = eng.layout
+        audio = np.zeros((b, self.config.audio.chunk_samples), np.float32)
+        text_in = np.full((b, lay.num_text_in), tokenizer.PAD, np.int32)
+        active = np.zeros(b, bool)
+        frames = mask = None
+        if lay.num_video:
+            frames = np.zeros((b, self.config.vision.height, self.config.vision.width, 3), np.uint8)
+            mask = np.zeros(b, bool)
+        for slot, chunk in ready.items():
+            conn = self.conns[slot]
+            audio[slot], active[slot] = chunk, True
+            text_in[slot] = conn.text.pop_chunk()
+            if frames is not None and conn.frame is not None:
+                frames[slot], mask[slot] = conn.frame, True
+        try:
+            self.state, out = eng.step(self.state, audio, frames, mask, text_in, active=active, advance=active)
+            error = None
+        except Exception as e:  # e.g. SessionEnded: report to those sessions, keep serving the rest
+            out, error = None, e
+        self.steps += 1
+        for slot in ready:
+            conn = self.conns[slot]
+            if conn.pending is not None and not conn.pending.done():
+                result = error if error is not None else {k: (v[slot] if isinstance(v, np.ndarray) else v)
+                                                          for k, v in out.items()}
+                conn.pending.get_loop().call_soon_threadsafe(_resolve, conn.pending, result)
+
+    # ------------------------------------------------------------------ one connection
+    async def handle(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            first = await asyncio.wait_for(ws.recv(), timeout=30)
+            msg = _parse_json(first)
+            if msg is None or msg.get("type") != "start":
+                await ws.close(1007, 'first message must be {"type": "start"}')
+                return
+            if not self.free:
+                await ws.close(1013, f"server full ({self.engine.batch_slots} sessions)")
+                return
+            slot = self.free.pop(0)
+            seed = int(msg.get("seed", slot))
+            self.state = self.engine.reset(self.state, np.arange(self.engine.batch_slots) == slot,
+                                           np.full(self.engine.batch_slots, seed))
+            conn = Connection(slot=slot, text=TextInQueue(self.engine.layout.num_text_in))
+            self.conns[slot] = conn
+            await ws.send(json.dumps({"type": "ready", "session": slot, "sample_rate": self.config.audio.sample_rate,
+                                      "chunk_samples": self.config.audio.chunk_samples}))
+            try:
+                async for message in ws:
+                    reason = await self._on_message(ws, conn, message)
+                    if reason:
+                        await ws.close(*reason)
+                        return
+            finally:
+                self.conns.pop(slot, None)
+                self.inbox.pop(slot, None)
+                self.free.append(slot)
+        except (TimeoutError, ConnectionClosed):
+            return
+
+    async def _on_message(self, ws, conn: Connection, message: Any) -> tuple[int, str] | None:
+        if isinstance(message, str):
+            msg = _parse_json(message)
+            if msg is None or msg.get("type") != "text" or not isinstance(msg.get("text"), str):
+                return 1007, 'text messages must be JSON {"type": "text", "text": str}'
+            if len(msg["text"]) > MAX_TEXT_CHARS:
+                return 1009, f"text longer than {MAX_TEXT_CHARS} characters"
+            conn.text.push(msg["text"])
+            return None
+        if not message:
+            return 1003, "empty binary message"
+        kind, payload = message[0], message[1:]
+        if kind == FRAME:
+            frame = _decode_jpeg(payload, self.config.vision.height, self.config.vision.width)
+            if frame is None:
+                return 1007, "frame is not a decodable JPEG/PNG image"
+            conn.frame = frame
+            return None
+        if kind != AUDIO:
+            return 1003, f"unknown binary message type 0x{kind:02x} (expected 0x01 audio or 0x02 frame)"
+        expected = 2 * self.config.audio.chunk_samples
+        if len(payload) != expected:
+            return 1007, f"audio chunk must be {expected} bytes of PCM16 (200 ms), got {len(payload)}"
+        chunk = np.frombuffer(payload, "<i2").astype(np.float32) / 32768.0
+        conn.pending = asyncio.get_running_loop().create_future()
+        self.inbox[conn.slot] = chunk
+        self.wake.set()
+        result = await conn.pending
+        if isinstance(result, Exception):
+            return 1011, str(result)[:120]
+        await self._send_outputs(ws, conn, result)
+        conn.chunk += 1
+        return None
+
+    async def _send_outputs(self, ws, conn: Connection, out: dict[str, Any]) -> None:
+        pcm = (np.clip(out["audio"], -1, 1) * 32767).astype("<i2").tobytes()
+        await ws.send(bytes([AUDIO]) + pcm)
+        tokens = [int(t) for t in out["text_tokens"]]
+        if any(t < 256 or t in (tokenizer.DELEGATE_START, tokenizer.DELEGATE_END) for t in tokens):
+            await ws.send(json.dumps({"type": "text", "chunk": conn.chunk, "time": (conn.chunk + 1) * 0.2,
+                                      "tokens": tokens, "text": tokenizer.decode(tokens)}))
+        for span in conn.delegate.feed(np.array(tokens)):
+            await ws.send(json.dumps({"type": "delegate", "text": span}))
+            if self.on_delegate is not None:
+                reply = self.on_delegate(conn.slot, span)
+                if reply:
+                    conn.text.push(reply)
+
+
+def _resolve(future: asyncio.Future, result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _parse_json(message: Any) -> dict | None:
+    if not isinstance(message, str) or len(message) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        msg = json.loads(message)
+    except json.JSONDecodeError:
+        return None
+    return msg if isinstance(msg, dict) else None
+
+
+def _decode_jpeg(data: bytes, height: int, width: int) -> np.ndarray | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((width, height)), np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+async def serve(server: Server, host: str = "127.0.0.1", port: int = 8765, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (forever if None). ``GET /`` without an upgrade returns the browser page."""
+    import websockets
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+
+    page = (STATIC / "index.html").read_bytes() if (STATIC / "index.html").exists() else b"interaction_jax"
+
+    def process_request(connection, request):
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return Response(200, "OK", Headers([("Content-Type", "text/html; charset=utf-8")]), page)
+        return None
+
+    batcher = asyncio.create_task(server.run_batches())
+    async with websockets.serve(server.handle, host, port, max_size=MAX_MESSAGE_BYTES,
+                                process_request=process_request) as ws_server:
+        if ready is not None:
+            ready.set()
+        print(f"[serve] listening on ws://{host}:{port} ({server.engine.batch_slots} session slots)", flush=True)
+        await (stop.wait() if stop is not None else asyncio.Future())
+        ws_server.close()
+    batcher.cancel()

@@ -1,0 +1,148 @@
+"""Attention math: GQA dot vs naive MHA, masks, backend choice, and the KV cache vs the full forward."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from interaction_jax.layers import Transformer, attend, attention_mask, init_cache, resolve_backend
+
+
+def _naive_mha(q, k, v, q_pos, kv_pos, window):
+    """Repeat kv heads up to the query heads and loop over (batch, head, query): the obvious reference."""
+    b, t, h, d = q.shape
+    g = h // k.shape[2]
+    k, v = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
+    out = np.zeros_like(q)
+    for bi in range(b):
+        for hi in range(h):
+            for ti in range(t):
+                ok = (kv_pos[bi] >= 0) & (kv_pos[bi] <= q_pos[bi, ti])
+                if window:
+                    ok &= q_pos[bi, ti] - kv_pos[bi] < window
+                if not ok.any():
+                    continue
+                s = k[bi, :, hi] @ q[bi, ti, hi] / np.sqrt(d)
+                s = np.where(ok, s, -np.inf)
+                p = np.exp(s - s.max())
+                out[bi, ti, hi] = (p / p.sum()) @ v[bi, :, hi]
+    return out
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_gqa_dot_matches_naive_repeated_kv(window):
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(2, 6, 6, 4)).astype(np.float32)
+    k, v = rng.normal(size=(2, 2, 9, 2, 4)).astype(np.float32)
+    q_pos = np.array([[3, 4, 5, 6, 7, 8], [10, 11, 12, 13, 14, 15]], np.int32)
+    kv_pos = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8], [-1, 7, 8, 9, 10, 11, 12, 13, -1]], np.int32)
+    out = attend(q, k, v, q_pos, kv_pos, backend="dot", sliding_window=window)
+    np.testing.assert_allclose(out, _naive_mha(q, k, v, q_pos, kv_pos, window), rtol=1e-5, atol=1e-5)
+
+
+def test_query_without_visible_keys_outputs_zero_not_nan():
+    q = jnp.ones((1, 2, 2, 4))
+    k = v = jnp.ones((1, 3, 1, 4))
+    out = attend(q, k, v, jnp.array([[-1, 0]]), jnp.array([[-1, 1, 2]]))
+    assert np.all(np.isfinite(out)) and np.all(np.asarray(out) == 0)
+
+
+def test_attention_mask_window():
+    m = np.asarray(attention_mask(jnp.arange(5)[None], jnp.arange(5)[None], 2))[0]
+    assert m.sum() == 9 and m[4, 3] and not m[4, 2] and not m[2, 3]
+
+
+def test_auto_backend_never_picks_a_kernel_on_cpu():
+    assert jax.default_backend() == "cpu"
+    for dtype in (jnp.float32, jnp.bfloat16):
+        for t in (128, 256, 100):
+            assert resolve_backend("auto", t, t, dtype) == "dot"
+    assert resolve_backend("auto", 256, 256, jnp.bfloat16, platform="gpu") == "cudnn"
+    assert resolve_backend("auto", 256, 256, jnp.float32, platform="gpu") == "dot"
+    assert resolve_backend("auto", 256, 256, jnp.float32, platform="tpu") == "splash"
+    assert resolve_backend("auto", 1, 257, jnp.bfloat16, platform="tpu") == "dot"  # decode with cache
+    assert resolve_backend("auto", 200, 200, jnp.bfloat16, platform="gpu") == "dot"
+    with pytest.raises(ValueError, match="GPU"):
+        x = jnp.ones((1, 128, 2, 8), jnp.bfloat16)
+        attend(x, x, x, None, None, backend="cudnn")
+
+
+# ---------------------------------------------------------------------------------------------- KV cache
+
+B, T = 2, 16
+OFFSETS = np.array([0, 5], np.int32)  # the two rows live at different absolute positions
+
+
+def _full(cfg, params, x, pos):
+    return np.asarray(jax.jit(Transformer(cfg).apply)({"params": params}, x, pos)[0])
+
+
+def _run_chunks(cfg, params, x, pos, schedules, cache_len):
+    """Feed row r its tokens in chunks ``schedules[r]``; rows are padded to one static width with position -1.
+
+    Also checks that a row with nothing to add (chunk size 0) leaves its cache untouched.
+    """
+    b, t, d = x.shape
+    cache = init_cache(cfg, b, cache_len, jnp.float32)
+    out = np.full((b, t, d), np.nan, np.float32)
+    cursor = [0] * b
+    model = Transformer(cfg)
+    step = jax.jit(lambda p, xc, pc, c: model.apply({"params": p}, xc, pc, cache=c))
+    width = max(max(s) for s in schedules)  # one static step shape -> one compilation
+    for sizes in zip(*schedules, strict=True):
+        xc = np.zeros((b, width, d), np.float32)
+        pc = np.full((b, width), -1, np.int32)
+        for r, n in enumerate(sizes):
+            xc[r, :n] = x[r, cursor[r] : cursor[r] + n]
+            pc[r, :n] = pos[r, cursor[r] : cursor[r] + n]
+        y, new_cache, _ = step(params, xc, pc, cache)
+        for r, n in enumerate(sizes):
+            out[r, cursor[r] : cursor[r] + n] = np.asarray(y[r, :n])
+            cursor[r] += n
+            if n == 0:
+                for key in cache:
+                    np.testing.assert_array_equal(new_cache[key][:, r], cache[key][:, r])
+        cache = new_cache
+    assert cursor == [t] * b
+    return out, cache
+
+
+# (scan, sliding window, cache length, per-row chunk schedules, expect equal)
+CASES = {
+    # Uneven chunks, different per row, with steps where a row adds nothing.
+    "uneven_chunks": (True, 0, 24, [[3, 5, 1, 0, 7], [1, 6, 4, 5, 0]], True),
+    "decode_unrolled": (False, 0, 16, [[1] * 16, [1] * 16], True),
+    "window_full_cache": (True, 5, 16, [[2, 7, 7], [5, 5, 6]], True),
+    # window 5 needs the 4 previous keys: a 4-slot rolling cache suffices, even for chunks longer than it.
+    "window_rolling_cache": (True, 5, 4, [[3, 6, 1, 6], [1, 1, 7, 7]], True),
+    # ...and a 3-slot one must not (shows the comparison can fail).
+    "window_cache_too_small": (True, 5, 3, [[4, 4, 4, 4], [4, 4, 4, 4]], False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_chunked_cache_equals_full_forward(make_cfg, make_params, case):
+    scan, window, cache_len, schedules, expect_equal = CASES[case]
+    cfg = make_cfg(scan_layers=scan, sliding_window=window)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (B, T, cfg.d_model)))
+    pos = OFFSETS[:, None] + np.arange(T, dtype=np.int32)[None]
+    params = make_params(Transformer(cfg), x, pos)
+    full = _full(cfg, params, x, pos)
+    out, cache = _run_chunks(cfg, params, x, pos, schedules, cache_len)
+    if not expect_equal:
+        assert np.abs(out - full).max() > 1e-3
+        return
+    np.testing.assert_allclose(out, full, atol=1e-5, rtol=1e-5)
+    assert cache["k"].shape == (cfg.num_layers, B, cache_len, cfg.num_kv_heads, cfg.head_dim)
+    held = np.sort(np.where(cache["pos"][0] >= 0, cache["pos"][0], 10**6), axis=-1)[:, : min(cache_len, T)]
+    np.testing.assert_array_equal(held, pos[:, -min(cache_len, T) :])  # each row holds its last C positions
+
+
+def test_cache_logical_axes_cover_cache(make_cfg):
+    from interaction_jax.layers import cache_logical_axes
+
+    cache = init_cache(make_cfg(), 2, 4)
+    axes = cache_logical_axes()
+    assert set(axes) == set(cache) and all(len(axes[k]) == cache[k].ndim for k in cache)
+    assert nn.logical_to_mesh_axes(axes["k"], [("act_batch", "data")])[1] == "data"

@@ -1,0 +1,176 @@
+"""InteractionModel: pure init/apply, causality in time, sharded == single-device, overfitting, bf16."""
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from interaction_jax import model as model_lib
+from interaction_jax import sharding
+from interaction_jax.config import MeshConfig, load_config
+from interaction_jax.model import InteractionModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_tiny(**changes):
+    cfg = load_config(ROOT / "configs/tiny.py", ["model.transformer.num_layers=2", "model.pad_multiple=1"])
+    return model_lib.replace_transformer(cfg, **changes) if changes else cfg
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = small_tiny()
+    params = nn.unbox(model_lib.init(jax.random.key(0), cfg, num_chunks=4))
+    batch = jax.tree.map(jnp.asarray, model_lib.dummy_batch(cfg, batch_size=2, num_chunks=4, seed=1))
+    return cfg, params, batch
+
+
+def forward(cfg, params, batch):
+    return jax.jit(lambda p, b: InteractionModel.from_config(cfg).apply({"params": p}, b))(params, batch)
+
+
+def test_outputs_have_contract_shapes(setup):
+    cfg, params, batch = setup
+    out = forward(cfg, params, batch)
+    assert out["text_logits"].shape == (2, 4, 2, cfg.text.vocab_size)
+    assert out["text_logits"].dtype == jnp.float32
+    assert out["flow_cond"].shape == (2, 4, 4, cfg.model.transformer.d_model)
+
+
+def perturb_chunk(batch, chunk, seed=7):
+    rng = np.random.default_rng(seed)
+    new = {k: np.array(v) for k, v in batch.items()}
+    new["audio_in"][:, chunk] = rng.integers(0, 16, new["audio_in"][:, chunk].shape)
+    new["frames"][:, chunk] = rng.integers(0, 256, new["frames"][:, chunk].shape)
+    new["text_in"][:, chunk] = rng.integers(0, 256, new["text_in"][:, chunk].shape)
+    new["text_out"][:, chunk] = rng.integers(0, 256, new["text_out"][:, chunk].shape)
+    new["mel_out"][:, chunk] = rng.uniform(-1, 1, new["mel_out"][:, chunk].shape)
+    return jax.tree.map(jnp.asarray, new)
+
+
+def test_future_chunks_never_change_past_outputs(setup):
+    cfg, params, batch = setup
+    base = forward(cfg, params, batch)
+    moved = forward(cfg, params, perturb_chunk(batch, 2))
+    for key in ("text_logits", "flow_cond"):
+        np.testing.assert_array_equal(base[key][:, :2], moved[key][:, :2])
+        # ... while chunk 2 itself does move, so the test can fail in both directions.
+        assert np.abs(base[key][:, 2] - moved[key][:, 2]).max() > 1e-4
+
+
+def test_text_out_at_chunk_n_depends_on_audio_in_of_chunk_n(setup):
+    cfg, params, batch = setup
+    base = forward(cfg, params, batch)
+    new = np.array(batch["audio_in"])
+    new[:, 1] = (new[:, 1] + 5) % 16
+    moved = forward(cfg, params, {**batch, "audio_in": jnp.asarray(new)})
+    assert np.abs(base["text_logits"][:, 1] - moved["text_logits"][:, 1]).max() > 1e-4
+    np.testing.assert_array_equal(base["text_logits"][:, 0], moved["text_logits"][:, 0])
+
+
+def test_loss_grad_under_jit_and_vmap(setup):
+    cfg, params, batch = setup
+    fn = jax.jit(jax.value_and_grad(lambda p, b: model_lib.loss_fn(p, b, jax.random.key(1), config=cfg)[0]))
+    loss, grads = fn(params, batch)
+    assert np.isfinite(loss)
+    gnorm = optax.global_norm(grads)
+    assert np.isfinite(gnorm) and gnorm > 0
+    # vmap over two independent batches gives each batch's own loss
+    stacked = jax.tree.map(lambda x: jnp.stack([x[:1], x[1:]]), batch)
+    per = jax.vmap(lambda b: model_lib.loss_fn(params, b, jax.random.key(1), config=cfg)[0])(stacked)
+    single = model_lib.loss_fn(params, jax.tree.map(lambda x: x[:1], batch), jax.random.key(1), config=cfg)[0]
+    np.testing.assert_allclose(per[0], single, rtol=1e-5)
+
+
+def test_padding_to_128_does_not_change_outputs(setup):
+    cfg, params, batch = setup
+    padded_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pad_multiple=128))
+    a = forward(cfg, params, batch)
+    b = forward(padded_cfg, params, batch)
+    np.testing.assert_allclose(a["text_logits"], b["text_logits"], atol=1e-5)
+
+
+def test_bf16_compute_is_finite_and_close(setup):
+    cfg, params, batch = setup
+    bf = small_tiny(dtype="bfloat16")
+    out32 = forward(cfg, params, batch)
+    out16 = forward(bf, params, batch)
+    assert out16["flow_cond"].dtype == jnp.bfloat16
+    assert np.isfinite(np.asarray(out16["text_logits"])).all()
+    loss16 = model_lib.loss_fn(params, batch, jax.random.key(0), config=bf)[0]
+    loss32 = model_lib.loss_fn(params, batch, jax.random.key(0), config=cfg)[0]
+    assert abs(float(loss16) - float(loss32)) / float(loss32) < 0.05
+    assert np.abs(np.asarray(out16["text_logits"]) - np.asarray(out32["text_logits"])).max() < 0.1
+
+
+def test_sharded_forward_backward_matches_single_device(devices):
+    cfg = small_tiny()
+    boxed = model_lib.init(jax.random.key(0), cfg, num_chunks=4)
+    params = nn.unbox(boxed)
+    batch = jax.tree.map(jnp.asarray, model_lib.dummy_batch(cfg, batch_size=4, num_chunks=4, seed=3))
+    step = lambda p, b: jax.value_and_grad(lambda q: model_lib.loss_fn(q, b, jax.random.key(2), config=cfg)[0])(p)
+    loss1, grads1 = jax.jit(step)(params, batch)
+
+    mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=4, tensor=2), devices)
+    p_sh = sharding.tree_shardings(boxed, mesh)
+    b_sh = sharding.batch_sharding(mesh)
+    assert sharding.sharded_fraction(params, p_sh) > 0.9
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+        sharded = jax.jit(step, in_shardings=(p_sh, b_sh), out_shardings=(sharding.replicated(mesh), p_sh))
+        loss8, grads8 = sharded(jax.device_put(params, p_sh), jax.device_put(batch, b_sh))
+    np.testing.assert_allclose(loss8, loss1, atol=1e-5)
+    np.testing.assert_allclose(optax.global_norm(grads8), optax.global_norm(grads1), rtol=1e-4)
+
+
+def test_overfit_one_batch_lowers_loss_by_90_percent():
+    cfg = small_tiny()
+    params = nn.unbox(model_lib.init(jax.random.key(0), cfg, num_chunks=3))
+    batch = jax.tree.map(jnp.asarray, model_lib.dummy_batch(cfg, batch_size=1, num_chunks=3, seed=5))
+    opt = optax.adam(3e-3)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(p, s, i):
+        (loss, _), g = jax.value_and_grad(
+            lambda q: model_lib.loss_fn(q, batch, jax.random.fold_in(jax.random.key(0), i), config=cfg),
+            has_aux=True,
+        )(p)
+        upd, s = opt.update(g, s, p)
+        return optax.apply_updates(p, upd), s, loss
+
+    first = None
+    for i in range(250):
+        params, state, loss = step(params, state, i)
+        first = float(loss) if first is None else first
+    final = float(model_lib.loss_fn(params, batch, jax.random.key(99), config=cfg)[0])
+    assert final < 0.1 * first, (first, final)
+
+
+def test_plain_script_can_import_model_and_take_a_step(tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(f"""
+        import jax, jax.numpy as jnp, optax
+        from flax import linen as nn
+        from interaction_jax.config import load_config
+        from interaction_jax import model
+        cfg = load_config({str(ROOT / 'configs/tiny.py')!r}, ["model.transformer.num_layers=1"])
+        params = nn.unbox(model.init(jax.random.key(0), cfg))
+        batch = jax.tree.map(jnp.asarray, model.dummy_batch(cfg, 1, 2))
+        opt = optax.adamw(1e-3); state = opt.init(params)
+        loss, grads = jax.value_and_grad(lambda p: model.loss_fn(p, batch, jax.random.key(1), config=cfg)[0])(params)
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        print("LOSS", float(loss))
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOSS" in out.stdout
