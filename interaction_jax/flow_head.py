@@ -38,9 +38,7 @@ Dtype = Any
 Solver = Literal["euler", "midpoint"]
 
 
-def _dense(
-    features: int, dtype: Dtype, name: str, *, zero: bool = False, axes: tuple = (None, "embed")
-) -> nn.Dense:
+def _dense(features: int, dtype: Dtype, name: str, *, zero: bool = False, axes: tuple = (None, "embed")) -> nn.Dense:
     kernel_init = nn.initializers.zeros_init() if zero else nn.initializers.xavier_uniform()
     return nn.Dense(
         features,
@@ -211,9 +209,7 @@ class FlowHead(nn.Module):
             raise ValueError(f"FlowHead: steps must be >= 1, got {steps}")
         lead = cond.shape[:-1]
         if noise.shape != (*lead, self.out_dim):
-            raise ValueError(
-                f"FlowHead: noise {noise.shape} must be {(*lead, self.out_dim)} for cond {cond.shape}"
-            )
+            raise ValueError(f"FlowHead: noise {noise.shape} must be {(*lead, self.out_dim)} for cond {cond.shape}")
         n = math.prod(lead)
         cond = cond.reshape(n, cond.shape[-1])
         x = noise.reshape(n, self.out_dim).astype(jnp.float32)

@@ -2,8 +2,11 @@
 
 import os
 
+# 8 simulated devices for sharding tests; LLVM opt level 0 because the suite is compile-bound (XLA:CPU spends
+# seconds per small program) and the level changes code generation speed, not the math.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -40,9 +40,7 @@ MU = np.array([[1.5, 0.5], [-1.0, 1.2], [0.2, -1.5]])
 SIGMA = np.array([[[1.0, 0.5], [0.5, 0.6]], [[0.4, -0.3], [-0.3, 0.9]], [[0.5, 0.25], [0.25, 0.3]]])
 
 _loss = jax.jit(fh.loss, static_argnames=("config", "out_dim", "train"))
-_loss_and_grad = jax.jit(
-    jax.value_and_grad(fh.loss, argnums=(0, 1)), static_argnames=("config", "out_dim", "train")
-)
+_loss_and_grad = jax.jit(jax.value_and_grad(fh.loss, argnums=(0, 1)), static_argnames=("config", "out_dim", "train"))
 _sample = jax.jit(fh.sample, static_argnames=("config", "out_dim", "steps", "cfg_scale", "solver"))
 _sample_with_noise = jax.jit(fh.sample_with_noise, static_argnames=("config", "out_dim", "steps", "solver"))
 # cfg_scale traced: always the batched cond + null path.
@@ -203,9 +201,7 @@ def test_methods_inside_a_parent_module():
     assert shapes["params"]["flow_head"]["null_cond"].value.shape == (16,)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nn.meta.unbox(shapes)))
     rng = np.random.default_rng(0)
-    variables = jax.tree.map(
-        lambda s: 0.05 * rng.standard_normal(s.shape).astype(np.float32), nn.meta.unbox(shapes)
-    )
+    variables = jax.tree.map(lambda s: 0.05 * rng.standard_normal(s.shape).astype(np.float32), nn.meta.unbox(shapes))
     value = jax.jit(lambda v: model.apply(v, x, target, _key(1), method=Parent.train_loss))(variables)
     assert np.isfinite(float(value)) and float(value) > 0
     out = jax.jit(lambda v: model.apply(v, x, _key(2), method=Parent.generate))(variables)
@@ -268,9 +264,7 @@ def test_learns_class_conditional_gaussians(params):
     def step(carry, inputs):
         params, opt_state = carry
         cond, x, key = inputs
-        value, grads = jax.value_and_grad(fh.loss)(
-            params, cond, x, jax.random.wrap_key_data(key, impl="rbg"), **KW
-        )
+        value, grads = jax.value_and_grad(fh.loss)(params, cond, x, jax.random.wrap_key_data(key, impl="rbg"), **KW)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), value
 

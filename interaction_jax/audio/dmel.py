@@ -224,6 +224,36 @@ def log_mel(wave, center: bool = True, config: AudioConfig | None = None) -> jax
     return _log_mel_jit(wave, bool(center), c)
 
 
+def log_mel_numpy(wave: np.ndarray, center: bool = True, config: AudioConfig | None = None) -> np.ndarray:
+    """The same transform as ``log_mel`` in numpy, for data workers (no jit, no JAX in grain processes).
+
+    Variable-length episodes would retrace the jitted version for every new length; this one has no
+    compile step. It agrees with ``log_mel`` to ~1e-5 (a test checks it).
+    """
+    c = _cfg(config)
+    wave = np.asarray(wave, np.float32)
+    n = wave.shape[-1]
+    lead = (c.n_fft - c.win_length) // 2
+    if center:
+        wave = np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(c.n_fft // 2, c.n_fft // 2)], mode="reflect")
+    frames = num_frames(n, center, c)
+    if frames < 1:
+        raise ValueError(f"log_mel_numpy: need at least {c.n_fft} samples with center=False, got {n}")
+    windows = np.lib.stride_tricks.sliding_window_view(wave[..., lead:], c.win_length, axis=-1)
+    segments = windows[..., : frames * c.hop_length : c.hop_length, :] * hann_window(c)
+    spec = np.fft.rfft(segments, n=c.n_fft, axis=-1)
+    mag = np.sqrt(np.maximum(spec.real**2 + spec.imag**2, c.log_floor))
+    return np.log10(np.maximum(mag @ mel_filterbank(c), c.log_floor)).astype(np.float32)
+
+
+def discretize_numpy(log_mel_values: np.ndarray, config: AudioConfig | None = None) -> np.ndarray:
+    """numpy twin of ``discretize`` (identical arithmetic in float32)."""
+    c = _cfg(config)
+    x = np.clip(np.asarray(log_mel_values, np.float32), c.dmel_min, c.dmel_max)
+    bins = np.round((x - np.float32(c.dmel_min)) / np.float32(_bin_step(c)))
+    return np.clip(bins, 0, c.dmel_bins - 1).astype(np.int32)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # dMel discretisation and output normalisation
 # ------------------------------------------------------------------------------------------------------------

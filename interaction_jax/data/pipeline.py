@@ -82,13 +82,15 @@ def episode_arrays(ep: Episode, config: Config) -> dict[str, np.ndarray]:
     n = ep.num_chunks
     user = _pad_to(ep.user_audio.astype(np.float32), n * a.chunk_samples)
     model = _pad_to(ep.model_audio.astype(np.float32), (n + 1) * a.chunk_samples)
-    stream_in = np.concatenate([np.zeros(STREAM_PAD_LEFT, np.float32), user, np.zeros(STREAM_PAD_RIGHT, np.float32)])
-    mel_in = np.asarray(dmel.log_mel(stream_in, center=False))[: n * a.frames_per_chunk]
-    mel_model = np.asarray(dmel.log_mel(model, center=True))[: (n + 1) * a.frames_per_chunk]
+    stream_in = np.concatenate(
+        [np.zeros(STREAM_PAD_LEFT, np.float32), user, np.zeros(STREAM_PAD_RIGHT, np.float32)]
+    )
+    mel_in = dmel.log_mel_numpy(stream_in, center=False, config=a)[: n * a.frames_per_chunk]
+    mel_model = dmel.log_mel_numpy(model, center=True, config=a)[: (n + 1) * a.frames_per_chunk]
     mel_model = dmel.normalize_mel(np.clip(mel_model, a.dmel_min, a.dmel_max))
     ids, is_word = text_out_stream(ep.model_words, n, lay.num_text_out)
     out = {
-        "audio_in": np.asarray(dmel.discretize(mel_in)).reshape(n, a.frames_per_chunk, a.n_mels).astype(np.int32),
+        "audio_in": dmel.discretize_numpy(mel_in, a).reshape(n, a.frames_per_chunk, a.n_mels),
         "text_in": text_in_stream(ep.user_text, n, lay.num_text_in),
         "text_out": ids.reshape(n, lay.num_text_out),
         "text_out_weight": np.where(is_word, 1.0, config.text.pad_weight).astype(np.float32).reshape(n, -1),

@@ -6,15 +6,18 @@ axes (see ``partitioning``) and can be used inside a user's own ``jit`` / ``vmap
 
 from interaction_jax.layers.attention import (
     Attention,
+    Cache,
+    Projection,
     attend,
     attention_mask,
+    cache_context,
     cache_logical_axes,
     init_cache,
     resolve_backend,
     update_cache,
 )
 from interaction_jax.layers.mlp import MLP
-from interaction_jax.layers.moe import MoE, load_balance_loss, route
+from interaction_jax.layers.moe import MoE, load_balance_loss, ragged_dot, route
 from interaction_jax.layers.norms import RMSNorm
 from interaction_jax.layers.rope import apply_rope, rope_frequencies
 from interaction_jax.layers.transformer import REMAT_POLICIES, Block, Transformer
@@ -24,15 +27,19 @@ __all__ = [
     "REMAT_POLICIES",
     "Attention",
     "Block",
+    "Cache",
     "MoE",
+    "Projection",
     "RMSNorm",
     "Transformer",
     "apply_rope",
     "attend",
     "attention_mask",
+    "cache_context",
     "cache_logical_axes",
     "init_cache",
     "load_balance_loss",
+    "ragged_dot",
     "resolve_backend",
     "rope_frequencies",
     "route",

@@ -1,7 +1,9 @@
 """Shared tiny configs for the layer tests (the parent conftest already forces 8 CPU devices)."""
 
 import dataclasses
+import functools
 
+import jax
 import pytest
 
 from interaction_jax.config import MoeConfig, TransformerConfig
@@ -17,7 +19,7 @@ def tiny_config(**changes) -> TransformerConfig:
     return dataclasses.replace(base, **changes)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_cfg():
     return tiny_config
 
@@ -28,7 +30,6 @@ def random_params(module, *args, seed: int = 0, scale: float = 0.3):
     Norm scales are drawn around 1, everything else around 0 with a std of ``scale / sqrt(fan_in)``.
     """
     import flax.linen as nn
-    import jax
     import numpy as np
 
     shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))["params"]
@@ -44,6 +45,16 @@ def random_params(module, *args, seed: int = 0, scale: float = 0.3):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_params():
     return random_params
+
+
+# The layer tests are compile-bound (XLA:CPU spends seconds per tiny grad program); LLVM opt level 0 halves
+# that and leaves the math unchanged.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@pytest.fixture(scope="session")
+def fast_jit():
+    return functools.partial(jax.jit, compiler_options=FAST_COMPILE)

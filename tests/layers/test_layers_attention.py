@@ -68,17 +68,37 @@ def test_auto_backend_never_picks_a_kernel_on_cpu():
         attend(x, x, x, None, None, backend="cudnn")
 
 
+@pytest.mark.parametrize("window", [0, 5])
+def test_cudnn_call_conventions_match_dot(window):
+    """The cudnn backend's exact call (causal flag, window tuple, scale) run with XLA's implementation on CPU."""
+    from interaction_jax.layers.attention import _cudnn_attention
+
+    rng = np.random.default_rng(6)
+    q = rng.normal(size=(2, 12, 4, 8)).astype(np.float32)
+    k, v = rng.normal(size=(2, 2, 12, 2, 8)).astype(np.float32)
+    pos = np.broadcast_to(np.arange(12, dtype=np.int32), (2, 12))
+    ref = attend(q, k, v, pos, pos, backend="dot", sliding_window=window)
+    out = _cudnn_attention(q, k, v, window, implementation="xla")
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- KV cache
 
 B, T = 2, 16
 OFFSETS = np.array([0, 5], np.int32)  # the two rows live at different absolute positions
 
 
-def _full(cfg, params, x, pos):
-    return np.asarray(jax.jit(Transformer(cfg).apply)({"params": params}, x, pos)[0])
+_FULL: dict = {}  # (scan, window) -> full-forward output; cases share it to save compilations
 
 
-def _run_chunks(cfg, params, x, pos, schedules, cache_len):
+def _full(jit, cfg, params, x, pos):
+    key = (cfg.scan_layers, cfg.sliding_window)
+    if key not in _FULL:
+        _FULL[key] = np.asarray(jit(Transformer(cfg).apply)({"params": params}, x, pos)[0])
+    return _FULL[key]
+
+
+def _run_chunks(jit, cfg, params, x, pos, schedules, cache_len):
     """Feed row r its tokens in chunks ``schedules[r]``; rows are padded to one static width with position -1.
 
     Also checks that a row with nothing to add (chunk size 0) leaves its cache untouched.
@@ -88,7 +108,7 @@ def _run_chunks(cfg, params, x, pos, schedules, cache_len):
     out = np.full((b, t, d), np.nan, np.float32)
     cursor = [0] * b
     model = Transformer(cfg)
-    step = jax.jit(lambda p, xc, pc, c: model.apply({"params": p}, xc, pc, cache=c))
+    step = jit(lambda p, xc, pc, c: model.apply({"params": p}, xc, pc, cache=c))
     width = max(max(s) for s in schedules)  # one static step shape -> one compilation
     for sizes in zip(*schedules, strict=True):
         xc = np.zeros((b, width, d), np.float32)
@@ -122,14 +142,14 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_chunked_cache_equals_full_forward(make_cfg, make_params, case):
+def test_chunked_cache_equals_full_forward(make_cfg, make_params, fast_jit, case):
     scan, window, cache_len, schedules, expect_equal = CASES[case]
     cfg = make_cfg(scan_layers=scan, sliding_window=window)
     x = np.asarray(jax.random.normal(jax.random.key(1), (B, T, cfg.d_model)))
     pos = OFFSETS[:, None] + np.arange(T, dtype=np.int32)[None]
     params = make_params(Transformer(cfg), x, pos)
-    full = _full(cfg, params, x, pos)
-    out, cache = _run_chunks(cfg, params, x, pos, schedules, cache_len)
+    full = _full(fast_jit, cfg, params, x, pos)
+    out, cache = _run_chunks(fast_jit, cfg, params, x, pos, schedules, cache_len)
     if not expect_equal:
         assert np.abs(out - full).max() > 1e-3
         return
@@ -146,3 +166,22 @@ def test_cache_logical_axes_cover_cache(make_cfg):
     axes = cache_logical_axes()
     assert set(axes) == set(cache) and all(len(axes[k]) == cache[k].ndim for k in cache)
     assert nn.logical_to_mesh_axes(axes["k"], [("act_batch", "data")])[1] == "data"
+
+
+def test_rewriting_positions_replaces_stale_keys(make_cfg, make_params, fast_jit):
+    """Rollback: re-sending positions 3..5 with new tokens must hide the old keys at 3..5, not duplicate them."""
+    from interaction_jax.layers import Attention
+
+    cfg = make_cfg()
+    attn = Attention(cfg)
+    rng = np.random.default_rng(5)
+    xa, xb = rng.normal(size=(1, 6, cfg.d_model)), rng.normal(size=(1, 3, cfg.d_model))
+    pos = np.arange(6, dtype=np.int32)[None]
+    params = make_params(attn, xa, pos)
+    apply = fast_jit(lambda x, p, c: attn.apply({"params": params}, x, p, c))
+    ref, _ = apply(np.concatenate([xa[:, :3], xb], 1), pos, None)
+    cache = jax.tree.map(lambda c: c[0], init_cache(cfg, 1, 8, jnp.float32))
+    _, cache = apply(xa, pos, cache)
+    out, cache = apply(xb, pos[:, 3:], cache)
+    np.testing.assert_allclose(out, ref[:, 3:], atol=1e-5, rtol=1e-5)
+    assert sorted(np.asarray(cache["pos"][0])) == [-1, -1, 0, 1, 2, 3, 4, 5]

@@ -27,7 +27,7 @@ def test_splash_interpret_matches_dot(window):
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_splash_inside_shard_map_under_a_mesh(devices):
+def test_splash_inside_shard_map_under_a_mesh(devices, fast_jit):
     """Batch over (data, fsdp), heads over tensor; kv heads (1) cannot be split so they are repeated."""
     mesh = jax.sharding.Mesh(
         np.array(devices).reshape(2, 2, 2, 1), ("data", "fsdp", "tensor", "expert"),
@@ -37,12 +37,12 @@ def test_splash_inside_shard_map_under_a_mesh(devices):
     q, k, v, pos = _qkv(h=2, hkv=1, b=4, d=16, seed=1)
     ref = attend(q, k, v, pos, pos, backend="dot")
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        fn = jax.jit(lambda q, k, v: attend(q, k, v, pos, pos, backend="splash", interpret=True))
+        fn = fast_jit(lambda q, k, v: attend(q, k, v, pos, pos, backend="splash", interpret=True))
         out = fn(q, k, v)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_splash_gradients_match_dot():
+def test_splash_gradients_match_dot(fast_jit):
     """Training runs the kernel's backward (dq and dkv kernels): check it too, with GQA and a window."""
     q, k, v, pos = _qkv(h=2, hkv=1, d=16, seed=2)
 
@@ -51,7 +51,7 @@ def test_splash_gradients_match_dot():
             attend(q, k, v, pos, pos, backend=backend, sliding_window=130, interpret=True) ** 2
         )
 
-    ref = jax.grad(loss("dot"), argnums=(0, 1, 2))(q, k, v)
-    got = jax.grad(loss("splash"), argnums=(0, 1, 2))(q, k, v)
+    ref = fast_jit(jax.grad(loss("dot"), argnums=(0, 1, 2)))(q, k, v)
+    got = fast_jit(jax.grad(loss("splash"), argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
