@@ -145,6 +145,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from interaction_jax.data import tools
+
+    if args.data_command == "synth":
+        tools.synth(args.task, args.num, args.out, seed=args.seed, shard_size=args.shard_size, echo=not args.no_echo)
+    elif args.data_command == "convert":
+        _, skipped = tools.convert(args.audio, args.words, args.out, video_dir=args.video)
+        return 1 if skipped and args.strict else 0
+    else:
+        config = _load(args) if args.config else None
+        tools.show(args.shard, args.index, args.out, config)
+    return 0
+
+
 def cmd_aot(args: argparse.Namespace) -> int:
     from interaction_jax import aot
 
@@ -220,6 +234,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--slots", type=int, default=8, help="concurrent sessions batched per step")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("data", help="synthesize, convert and draw episode shards")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("synth", help="generate synthetic task episodes into ArrayRecord shards")
+    d.add_argument("--task", required=True)
+    d.add_argument("--num", type=int, required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--shard-size", type=int, default=256)
+    d.add_argument("--no-echo", action="store_true")
+    d.set_defaults(func=cmd_data)
+    d = dsub.add_parser("convert", help="stereo WAV (L=model, R=user) + word JSON (+ video) -> shards")
+    d.add_argument("--audio", required=True)
+    d.add_argument("--words", required=True)
+    d.add_argument("--video", default=None, help="folder of <stem>.mp4 or <stem>/ frame folders")
+    d.add_argument("--out", required=True)
+    d.add_argument("--strict", action="store_true", help="exit 1 if any file was skipped")
+    d.set_defaults(func=cmd_data)
+    d = dsub.add_parser("show", help="draw one episode (mel, events, frames, slot layout) to a PNG")
+    d.add_argument("shard")
+    d.add_argument("--index", type=int, default=0)
+    d.add_argument("--out", required=True)
+    d.add_argument("--config", default=None, help="config whose layout to draw (default: tiny)")
+    d.add_argument("--set", action="append", default=[])
+    d.set_defaults(func=cmd_data)
 
     p = sub.add_parser("aot", help="compile the train step for a TPU topology on CPU; check it fits HBM")
     _add_config_args(p)
