@@ -113,9 +113,23 @@ class Checkpointer:
                 f"`python -m interaction_jax config --config ...`)") if path.exists() else ""
 
 
+def _path_name(path: tuple) -> str:
+    """``opt_state/1/0/mu/dmel_table``: the same for attribute, dict and index keys, so a restored metadata
+    tree (plain dicts/lists) and the live state (dataclasses, namedtuples) compare by name."""
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", np.shape(leaf))) for path, leaf in flat}
+    return {_path_name(path): tuple(getattr(leaf, "shape", np.shape(leaf))) for path, leaf in flat}
 
 
 def load_run_config(directory: str | Path) -> Config:

@@ -36,27 +36,27 @@ def measured_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5
     Several matmuls run inside one jit so dispatch overhead does not hide the arithmetic rate.
     """
     chain = 8
-    dev = jax.devices()[0]
+    dev = jax.local_devices()[0]  # in multi-process runs devices()[0] may belong to another process
     a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype)) / n**0.5, dev)
 
     @jax.jit
-    def f(x):
+    def f(x, w):
         for _ in range(chain):
-            x = x @ a
+            x = x @ w
         return x
 
-    x = f(a).block_until_ready()
+    x = f(a, a).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        x = f(x).block_until_ready()
+        x = f(x, a).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 * chain / best
 
 
 def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
     """(peak FLOP/s of one device, where the figure comes from)."""
-    dev = jax.devices()[0]
+    dev = jax.local_devices()[0]
     if dev.platform == "tpu":
         gen = tpu_generation(dev.device_kind)
         if gen:

@@ -231,7 +231,10 @@ def train(config: Config, workdir: str | Path, *, max_steps: int | None = None, 
     total = config.train.steps if max_steps is None else min(config.train.steps, max_steps)
     _log(lead, quiet, f"{rep['total']:,} params | mesh {dict(mesh.shape)} | peak {peak:.3g} FLOP/s ({peak_src})")
     history: list[dict[str, float]] = []
+    # IJ_FAULT_AFTER_STEP=k SIGKILLs this process after step k (used by the resume tests and preemption drills).
+    fault_step = int(os.environ.get("IJ_FAULT_AFTER_STEP", "0")) or None
     step = int(state.step)
+    last_saved = step if ckpt.latest_step() == step else None
     progress = _progress(lead and not quiet, total, step)
     t_last, steps_since = time.perf_counter(), 0
     try:
@@ -252,9 +255,14 @@ def train(config: Config, workdir: str | Path, *, max_steps: int | None = None, 
                 t_last, steps_since = time.perf_counter(), 0
             if step % config.train.checkpoint_every == 0:
                 ckpt.save(step, state, data_iter)
+                last_saved = step
+            if step == fault_step:  # preemption drill: die hard right after this step's checkpoint is durable
+                ckpt.wait()
+                os.kill(os.getpid(), signal.SIGKILL)
         if stop["signal"] is not None:
             _log(lead, quiet, f"SIGTERM at step {step}: saving a checkpoint before exit")
-        ckpt.save(step, state, data_iter, force=True)
+        if last_saved != step:
+            ckpt.save(step, state, data_iter, force=True)
     finally:
         ckpt.close()
         writer.close()

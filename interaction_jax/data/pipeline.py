@@ -193,6 +193,24 @@ class ToWindow:
         return crop_window(arrays, start, w)
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalRows:
+    """Local example ``i`` of process ``p`` -> global example ``j*G + p*L + r`` (j = i // L, r = i % L).
+
+    Each process reads only its own rows, yet the *global* batch j is the same examples in the same order
+    for any number of processes: a 2-process run sees exactly the batches of a 1-process run.
+    """
+
+    windows: Any
+    process_index: int
+    process_count: int
+    local_batch: int
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        j, r = divmod(i, self.local_batch)
+        return self.windows[j * self.local_batch * self.process_count + self.process_index * self.local_batch + r]
+
+
 def make_dataset(
     config: Config,
     *,
@@ -205,12 +223,13 @@ def make_dataset(
     if d.batch_size % process_count:
         raise ValueError(f"data.batch_size={d.batch_size} must be divisible by {process_count} processes")
     if d.shards:
-        ds = grain.MapDataset.source(ShardSource(d.shards)).shuffle(seed=d.seed + seed_offset).repeat(None)
+        episodes = grain.MapDataset.source(ShardSource(d.shards)).shuffle(seed=d.seed + seed_offset).repeat(None)
     else:
-        ds = grain.MapDataset.source(SyntheticSource(d.tasks, d.seed + seed_offset, d.voice, d.echo))
-    ds = ds[process_index::process_count]
-    ds = ds.map_with_index(ToWindow(config))
-    return ds.batch(d.batch_size // process_count, drop_remainder=True)
+        episodes = grain.MapDataset.source(SyntheticSource(d.tasks, d.seed + seed_offset, d.voice, d.echo))
+    windows = episodes.map_with_index(ToWindow(config))  # index = global example index
+    local = d.batch_size // process_count
+    rows = grain.MapDataset.range(2**40).map(LocalRows(windows, process_index, process_count, local))
+    return rows.batch(local, drop_remainder=True)
 
 
 def make_iterator(config: Config, *, process_index: int = 0, process_count: int = 1,

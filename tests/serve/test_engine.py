@@ -1,0 +1,172 @@
+"""Streaming engine: equals the teacher-forced training forward, batch invariance, join/leave, cache limits."""
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from interaction_jax import model as model_lib
+from interaction_jax.audio import dmel
+from interaction_jax.config import load_config
+from interaction_jax.model import InteractionModel, Sampling
+from interaction_jax.serve.engine import DelegateTracker, Engine, SessionEnded, TextInQueue
+from interaction_jax.text import tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = [
+    "model.transformer.d_model=64", "model.transformer.num_layers=2", "model.transformer.num_heads=2",
+    "model.transformer.num_kv_heads=1", "model.transformer.head_dim=32", "model.transformer.mlp_dim=128",
+    "model.flow_head.width=64", "model.flow_head.depth=1", "model.pad_multiple=1",
+]
+SAMPLING = Sampling(temperature=0.9, top_k=50)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = load_config(ROOT / "configs/tiny.py", SMALL)
+    params = nn.unbox(model_lib.init(jax.random.key(3), cfg))
+    # make the random model actually speak: bias text-out away from PAD so sampling is non-trivial
+    return cfg, params
+
+
+def inputs(n_chunks, batch, seed):
+    rng = np.random.default_rng(seed)
+    audio = (0.1 * rng.standard_normal((n_chunks, batch, 3200))).astype(np.float32)
+    frames = rng.integers(0, 256, (n_chunks, batch, 80, 80, 3), dtype=np.uint8)
+    text = rng.integers(0, 264, (n_chunks, batch, 2)).astype(np.int32)
+    return audio, frames, text
+
+
+def run(engine, audio, frames, text, seeds, rows_mask=None):
+    b = engine.batch_slots
+    state = engine.reset(engine.init_state(), np.ones(b, bool), seeds)
+    outs = []
+    for n in range(audio.shape[0]):
+        state, out = engine.step(state, audio[n], frames[n], np.ones(b, bool), text[n])
+        outs.append(out)
+    return state, outs
+
+
+def test_streaming_equals_teacher_forced_forward(setup):
+    cfg, params = setup
+    n = 6
+    engine = Engine(cfg, params, batch_slots=1, cache_chunks=8, sampling=SAMPLING)
+    audio, frames, text = inputs(n, 1, 0)
+    _, outs = run(engine, audio, frames, text, np.array([7]))
+    tokens = np.stack([o["text_tokens"][0] for o in outs])
+    assert len(np.unique(tokens)) > 2  # sampling really happened
+    batch = {
+        "audio_in": np.stack([o["audio_in_bins"][0] for o in outs])[None],
+        "frames": frames[:, 0][None],
+        "frame_mask": np.ones((1, n), bool),
+        "text_in": text[:, 0][None],
+        "text_out": tokens[None],
+        "text_out_weight": np.ones((1, n, 2), np.float32),
+        "mel_out": np.stack([o["mel"][0] for o in outs])[None],
+        "mel_out_weight": np.ones((1, n), np.float32),
+    }
+    full = InteractionModel.from_config(cfg).apply({"params": params}, jax.tree.map(jnp.asarray, batch))
+    stream_logits = np.stack([o["text_logits"][0] for o in outs])
+    stream_cond = np.stack([o["flow_cond"][0] for o in outs])
+    np.testing.assert_allclose(stream_logits, full["text_logits"][0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(stream_cond, full["flow_cond"][0], atol=1e-5, rtol=0)
+
+
+def test_streaming_dmel_matches_offline_analysis(setup):
+    cfg, params = setup
+    engine = Engine(cfg, params, batch_slots=1, cache_chunks=4)
+    audio, frames, text = inputs(3, 1, 1)
+    _, outs = run(engine, audio, frames, text, np.array([0]))
+    wave = audio[:, 0].reshape(-1)
+    offline = dmel.discretize(dmel.log_mel(np.concatenate([np.zeros(712), wave, np.zeros(112)]).astype(np.float32),
+                                           center=False))
+    streamed = np.concatenate([o["audio_in_bins"][0] for o in outs])
+    assert (np.asarray(offline) == streamed).mean() > 0.999
+
+
+@pytest.mark.parametrize("batch", [4, 8])
+def test_session_alone_and_in_a_batch_are_bit_identical(setup, batch):
+    cfg, params = setup
+    n = 4
+    audio, frames, text = inputs(n, batch, 2)
+    seeds = np.arange(batch) + 100
+    alone = Engine(cfg, params, batch_slots=1, cache_chunks=8, sampling=SAMPLING)
+    together = Engine(cfg, params, batch_slots=batch, cache_chunks=8, sampling=SAMPLING)
+    _, outs_b = run(together, audio, frames, text, seeds)
+    row = batch - 1
+    _, outs_1 = run(alone, audio[:, row : row + 1], frames[:, row : row + 1], text[:, row : row + 1], seeds[row:])
+    for o1, ob in zip(outs_1, outs_b, strict=True):
+        np.testing.assert_array_equal(o1["audio"][0], ob["audio"][row])
+        np.testing.assert_array_equal(o1["text_tokens"][0], ob["text_tokens"][row])
+        np.testing.assert_array_equal(o1["mel"][0], ob["mel"][row])
+
+
+def test_sessions_join_and_leave_without_disturbing_others(setup):
+    cfg, params = setup
+    engine = Engine(cfg, params, batch_slots=2, cache_chunks=8, sampling=SAMPLING)
+    audio, frames, text = inputs(4, 2, 3)
+    seeds = np.array([5, 6])
+    _, ref = run(engine, audio, frames, text, seeds)
+    state = engine.reset(engine.init_state(), np.ones(2, bool), seeds)
+    got = []
+    for n in range(4):
+        if n == 2:  # a new session takes row 1; row 0 must not notice
+            state = engine.reset(state, np.array([False, True]), np.array([0, 99]))
+        state, out = engine.step(state, audio[n], frames[n], np.ones(2, bool), text[n])
+        got.append(out)
+    for r, g in zip(ref, got, strict=True):
+        np.testing.assert_array_equal(r["audio"][0], g["audio"][0])
+    assert int(state.chunk_index[1]) == 2 and int(state.chunk_index[0]) == 4
+    # rows that do not advance keep their state exactly
+    before = jax.tree.map(np.asarray, state)
+    state, _ = engine.step(state, audio[0], frames[0], np.ones(2, bool), text[0], advance=np.array([True, False]))
+    after = jax.tree.map(np.asarray, state)
+    np.testing.assert_array_equal(before.cache["k"][:, 1], after.cache["k"][:, 1])
+    assert int(after.chunk_index[1]) == 2 and int(after.chunk_index[0]) == 5
+
+
+def test_cache_end_is_a_clear_error_or_a_rolling_window(setup):
+    cfg, params = setup
+    engine = Engine(cfg, params, batch_slots=1, cache_chunks=2)
+    audio, frames, text = inputs(3, 1, 4)
+    with pytest.raises(SessionEnded, match="reached the KV cache length"):
+        run(engine, audio, frames, text, np.array([0]))
+    rolling_cfg = model_lib.replace_transformer(cfg, sliding_window=20)
+    rolling = Engine(rolling_cfg, params, batch_slots=1, cache_chunks=2)
+    _, outs = run(rolling, *inputs(5, 1, 4), np.array([0]))
+    assert all(np.isfinite(o["audio"]).all() for o in outs)
+    with pytest.raises(ValueError, match="sliding_window"):
+        Engine(model_lib.replace_transformer(cfg, sliding_window=100), params, batch_slots=1, cache_chunks=2)
+
+
+def test_bad_audio_is_rejected(setup):
+    cfg, params = setup
+    engine = Engine(cfg, params, batch_slots=1, cache_chunks=2)
+    state = engine.init_state()
+    with pytest.raises(ValueError, match=r"float32 \[1, 3200\]"):
+        engine.step(state, np.zeros((1, 1600), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        engine.step(state, np.full((1, 3200), np.nan, np.float32))
+
+
+def test_text_queue_and_delegate_spans():
+    q = TextInQueue(slots=2)
+    q.push("abc")
+    assert tokenizer.decode(q.pop_chunk()) == "ab"
+    assert q.pop_chunk().tolist() == [ord("c"), tokenizer.PAD]
+    tracker = DelegateTracker()
+    stream = [tokenizer.PAD, tokenizer.DELEGATE_START, *tokenizer.encode("wea"), tokenizer.PAD]
+    assert tracker.feed(np.array(stream)) == []
+    assert tracker.feed(np.array([*tokenizer.encode("ther"), tokenizer.DELEGATE_END])) == ["weather"]
+
+
+def test_sampling_is_greedy_at_zero_temperature():
+    logits = jnp.array([[0.1, 3.0, -1.0], [2.0, 0.0, 1.0]])
+    keys = jax.random.split(jax.random.key(0), 2)
+    assert model_lib.sample_tokens(logits, keys, Sampling()).tolist() == [1, 0]
+    top1 = model_lib.sample_tokens(logits, keys, dataclasses.replace(SAMPLING, top_k=1))
+    assert top1.tolist() == [1, 0]
