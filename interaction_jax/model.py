@@ -216,10 +216,13 @@ class InteractionModel(nn.Module):
         for i in range(lay.num_audio):
             h, cache, _ = self.run_transformer(self.embed_mel(prev[:, None]), base + off_audio + i, cache)
             conds.append(h[:, 0])
-            prev = self.flow_head.sample_with_noise(
+            sample = self.flow_head.sample_with_noise(
                 h[:, 0], noise[:, i] * sampling.audio_temperature, steps=sampling.flow_steps,
-                cfg_scale=sampling.cfg_scale,
-            ).astype(jnp.float32)
+                cfg_scale=sampling.cfg_scale, solver=sampling.flow_solver,
+            )
+            # The targets live in [-1, 1] (log10-mel clipped to the dMel range): what the model says, and so
+            # what it hears itself say at the next slot, is clipped the same way.
+            prev = jnp.clip(sample.astype(jnp.float32), -1.0, 1.0)
             blocks.append(prev)
         return {
             "cache": cache,
@@ -273,6 +276,7 @@ class Sampling:
     audio_temperature: float = 1.0  # scales the flow head's initial noise
     flow_steps: int = 8
     cfg_scale: float = 1.0
+    flow_solver: str = "euler"  # "midpoint" reaches the true spread at 8 steps for 2x the head evaluations
 
 
 def sample_tokens(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:

@@ -46,31 +46,39 @@ class Engine:
     """``B`` session slots of one model. ``step`` runs one micro-turn for all of them."""
 
     def __init__(self, config: Config, params: Any, *, batch_slots: int, cache_chunks: int | None = None,
-                 sampling: Sampling = Sampling()):
+                 sampling: Sampling = Sampling(), row_invariant: bool = False):
+        """``row_invariant``: decode row by row so outputs are bit-identical across *different* slot counts
+        (slower on CPU). Without it, a session's outputs are still independent of what the other slots
+        hold, because rows never interact and the shapes are fixed by ``batch_slots``."""
         self.config, self.params, self.batch_slots, self.sampling = config, params, batch_slots, sampling
+        self.row_invariant = row_invariant
         self.model = InteractionModel.from_config(config)
         self.layout = Layout.from_config(config.audio, config.vision, config.text)
         self.cache_chunks = cache_chunks or config.model.max_chunks
         self.cache_len = self.cache_chunks * self.layout.slots_per_chunk
         window = config.model.transformer.sliding_window
-        if window and window + self.layout.slots_per_chunk > self.cache_len:
-            raise ValueError(f"sliding_window={window} needs a cache of at least window + one chunk "
-                             f"({window + self.layout.slots_per_chunk} tokens), got {self.cache_len}")
+        if window and window - 1 > self.cache_len:  # attention reads the cache before writing (layers/attention)
+            raise ValueError(f"sliding_window={window} needs a cache of at least {window - 1} tokens, "
+                             f"got {self.cache_len} ({self.cache_chunks} chunks)")
         self._step = jax.jit(self._step_impl, donate_argnums=(1,))
         self._reset = jax.jit(self._reset_impl, donate_argnums=(0,))
 
     # ---------------------------------------------------------------------------- state
-    def init_state(self) -> EngineState:
+    def init_state(self, seeds: jax.Array | None = None) -> EngineState:
+        """Fresh state for all slots. Every per-session random stream (text sampling, flow noise, vocoder
+        phases) is keyed by that session's seed alone, so a session's output never depends on its slot or
+        on which other sessions share the batch."""
         b = self.batch_slots
         tcfg = self.config.model.transformer
+        seeds = jnp.zeros((b,), jnp.uint32) if seeds is None else jnp.asarray(seeds, jnp.uint32)
         return EngineState(
             cache=init_cache(tcfg, b, self.cache_len, jnp.dtype(tcfg.dtype)),
             chunk_index=jnp.zeros((b,), jnp.int32),
             prev_text=jnp.full((b,), tokenizer.BOS, jnp.int32),
             prev_mel=jnp.full((b, self.layout.mel_block), SILENCE_MEL, jnp.float32),
             dmel_state=dmel.stream_init((b,)),
-            vocoder_state=vocoder.griffin_lim_stream_init((b,)),
-            seed=jnp.zeros((b,), jnp.uint32),
+            vocoder_state=jax.vmap(lambda s: vocoder.griffin_lim_stream_init((), seed=s))(seeds),
+            seed=seeds,
         )
 
     @staticmethod
@@ -87,27 +95,60 @@ class Engine:
 
     def _reset_impl(self, state: EngineState, rows: jax.Array, seeds: jax.Array) -> EngineState:
         """Clear the given rows (bool [B]) so a new session can start there; other rows are untouched."""
-        state = self._select_rows(rows, self.init_state(), state)
-        return state.replace(seed=jnp.where(rows, seeds.astype(jnp.uint32), state.seed))
+        return self._select_rows(rows, self.init_state(seeds), state)
 
     def reset(self, state: EngineState, rows: np.ndarray, seeds: np.ndarray | None = None) -> EngineState:
         seeds = np.zeros(self.batch_slots, np.uint32) if seeds is None else np.asarray(seeds, np.uint32)
         return self._reset(state, jnp.asarray(rows, bool), jnp.asarray(seeds))
 
     # ---------------------------------------------------------------------------- the micro-turn
+    def _decode(self, params, cache, chunk_index, bins, frames, frame_mask, text_in, prev_text, prev_mel, keys):
+        return self.model.apply(
+            {"params": params}, cache, chunk_index, bins, frames, frame_mask, text_in, prev_text, prev_mel, keys,
+            self.sampling, method=InteractionModel.decode_chunk,
+        )
+
+    def _decode_rows(self, params, cache, *row_args):
+        """Row by row (``lax.map``): each session runs the batch-1 program, so its outputs are bit-identical
+        for any slot count. Batched matmuls on XLA:CPU block, and so round, differently for different M."""
+        cache_rows = jax.tree.map(lambda c: jnp.moveaxis(c, 1, 0), cache)  # [L, B, ...] -> [B, L, ...]
+
+        def one(args):
+            c, *rest = args
+            c = jax.tree.map(lambda x: x[:, None], c)
+            rest = [None if r is None else r[None] for r in rest]
+            out = self._decode(params, c, *rest)
+            out["cache"] = jax.tree.map(lambda x: x[:, 0], out["cache"])
+            return jax.tree.map(lambda x: x[0], {k: v for k, v in out.items() if k != "cache"}) | {
+                "cache": out["cache"]}
+
+        present = [a for a in row_args if a is not None]
+        slots = [i for i, a in enumerate(row_args) if a is not None]
+
+        def unpack(args):
+            full = [None] * len(row_args)
+            for i, a in zip(slots, args[1:], strict=True):
+                full[i] = a
+            return one((args[0], *full))
+
+        out = jax.lax.map(unpack, (cache_rows, *present))
+        out["cache"] = jax.tree.map(lambda c: jnp.moveaxis(c, 0, 1), out["cache"])
+        return out
+
     def _step_impl(self, params, state: EngineState, audio, frames, frame_mask, text_in, advance):
         a = self.config.audio
         dmel_state, mel_in = dmel.stream_step(state.dmel_state, audio)
         bins = dmel.discretize(mel_in)
         keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(state.seed, state.chunk_index)
-        out = self.model.apply(
-            {"params": params}, state.cache, state.chunk_index, bins, frames, frame_mask, text_in,
-            state.prev_text, state.prev_mel, keys, self.sampling, method=InteractionModel.decode_chunk,
-        )
-        blocks = out["mel_blocks"]  # [B, A, k*80] normalised
+        decode = self._decode_rows if self.row_invariant else self._decode
+        out = decode(params, state.cache, state.chunk_index, bins, frames, frame_mask, text_in, state.prev_text,
+                     state.prev_mel, keys)
+        blocks = out["mel_blocks"]  # [B, A, k*80] normalised, clipped to [-1, 1]
         mel = blocks.reshape(blocks.shape[0], a.frames_per_chunk, a.n_mels)
         log_mel = dmel.denormalize_mel(mel)
-        vocoder_state, wave = vocoder.griffin_lim_stream_step(state.vocoder_state, log_mel)
+        # lax.map: the vocoder is cheap next to the model, and per-row it is batch invariant in both modes.
+        vocoder_state, wave = jax.lax.map(lambda sm: vocoder.griffin_lim_stream_step(*sm),
+                                          (state.vocoder_state, log_mel))
         new_state = EngineState(
             cache=out["cache"], chunk_index=state.chunk_index + 1, prev_text=out["text_tokens"][:, -1],
             prev_mel=blocks[:, -1], dmel_state=dmel_state, vocoder_state=vocoder_state, seed=state.seed,

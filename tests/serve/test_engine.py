@@ -88,21 +88,40 @@ def test_streaming_dmel_matches_offline_analysis(setup):
     assert (np.asarray(offline) == streamed).mean() > 0.999
 
 
+def assert_same_session(outs_a, row_a, outs_b, row_b):
+    for oa, ob in zip(outs_a, outs_b, strict=True):
+        for key in ("text_logits", "text_tokens", "mel", "audio"):
+            np.testing.assert_array_equal(oa[key][row_a], ob[key][row_b], err_msg=key)
+
+
 @pytest.mark.parametrize("batch", [4, 8])
 def test_session_alone_and_in_a_batch_are_bit_identical(setup, batch):
+    """Row-invariant mode: a session in a 1-slot engine == the same session in a 4- or 8-slot batch."""
     cfg, params = setup
-    n = 4
+    n = 3
     audio, frames, text = inputs(n, batch, 2)
     seeds = np.arange(batch) + 100
-    alone = Engine(cfg, params, batch_slots=1, cache_chunks=8, sampling=SAMPLING)
-    together = Engine(cfg, params, batch_slots=batch, cache_chunks=8, sampling=SAMPLING)
+    alone = Engine(cfg, params, batch_slots=1, cache_chunks=8, sampling=SAMPLING, row_invariant=True)
+    together = Engine(cfg, params, batch_slots=batch, cache_chunks=8, sampling=SAMPLING, row_invariant=True)
     _, outs_b = run(together, audio, frames, text, seeds)
     row = batch - 1
     _, outs_1 = run(alone, audio[:, row : row + 1], frames[:, row : row + 1], text[:, row : row + 1], seeds[row:])
-    for o1, ob in zip(outs_1, outs_b, strict=True):
-        np.testing.assert_array_equal(o1["audio"][0], ob["audio"][row])
-        np.testing.assert_array_equal(o1["text_tokens"][0], ob["text_tokens"][row])
-        np.testing.assert_array_equal(o1["mel"][0], ob["mel"][row])
+    assert_same_session(outs_1, 0, outs_b, row)
+
+
+def test_batched_mode_session_ignores_its_neighbours(setup):
+    """Default (batched) mode: a session's outputs do not depend on what the other slots are doing."""
+    cfg, params = setup
+    engine = Engine(cfg, params, batch_slots=4, cache_chunks=8, sampling=SAMPLING)
+    audio, frames, text = inputs(3, 4, 5)
+    seeds = np.arange(4) + 7
+    _, busy = run(engine, audio, frames, text, seeds)
+    quiet_audio, quiet_frames, quiet_text = audio.copy(), frames.copy(), text.copy()
+    quiet_audio[:, 1:] = 0
+    quiet_frames[:, 1:] = 0
+    quiet_text[:, 1:] = tokenizer.PAD
+    _, alone = run(engine, quiet_audio, quiet_frames, quiet_text, np.array([7, 0, 0, 0]))
+    assert_same_session(alone, 0, busy, 0)
 
 
 def test_sessions_join_and_leave_without_disturbing_others(setup):
