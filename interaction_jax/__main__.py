@@ -70,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _evaluate(config, params, workdir, tasks, episodes, json_path=None) -> int:
     from flax import linen as nn
 
-    from interaction_jax.evals.run import evaluate, markdown
+    from interaction_jax.evals.run import evaluate, json_safe, markdown
 
     out_dir = Path(workdir) / "eval"
     results = evaluate(config, nn.unbox(params), tuple(tasks), episodes, out_dir)
@@ -78,7 +78,7 @@ def _evaluate(config, params, workdir, tasks, episodes, json_path=None) -> int:
     print(f"[eval] wrote {out_dir}/results.md, results.json, example WAVs and mel PNGs")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+        Path(json_path).write_text(json.dumps(json_safe(results), indent=2) + "\n")
     return 0
 
 

@@ -38,7 +38,7 @@ def text_events(tokens: np.ndarray, chunk_s: float = 0.2) -> list[tuple[float, s
         for t in row.tolist():
             if t < 256:
                 if not current:
-                    start = (n + 1) * chunk_s
+                    start = round((n + 1) * chunk_s, 6)
                 current.append(t)
             elif current:
                 events.append((start, tokenizer.decode(current)))
@@ -62,7 +62,7 @@ def run_task(config: Config, params: Any, task: str, num_episodes: int, *, seed:
     n_chunks = max(ep.num_chunks for ep in episodes)
     # The cache length is the config's, not the episodes': the same episode then gives bit-identical
     # results here, in `stream --task` and in a server session, whatever else shares the batch.
-    engine = Engine(config, params, batch_slots=num_episodes, sampling=sampling)
+    engine = Engine(config, params, batch_slots=num_episodes, sampling=sampling, row_invariant=True)
     state = engine.reset(engine.init_state(), np.ones(num_episodes, bool), np.arange(num_episodes) + seed)
     total = (n_chunks + 1) * a.chunk_samples
     dry = np.stack([np.pad(user_dry_audio(ep), (0, total - ep.user_audio.size))[:total] for ep in episodes])
@@ -120,9 +120,14 @@ def evaluate(config: Config, params: Any, tasks: tuple[str, ...], num_episodes: 
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
         (out_dir / "results.md").write_text(markdown(results) + "\n")
     return results
+
+
+def json_safe(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """NaN (e.g. a latency when the model never spoke) becomes null: valid JSON for every reader."""
+    return {t: {k: (None if v != v else v) for k, v in m.items()} for t, m in results.items()}
 
 
 def markdown(results: dict[str, dict[str, float]]) -> str:

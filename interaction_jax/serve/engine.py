@@ -42,6 +42,9 @@ class EngineState:
     seed: jax.Array  # [B] uint32: per-session sampling seed
 
 
+_COMPILED: dict[tuple, tuple[Any, Any]] = {}
+
+
 class Engine:
     """``B`` session slots of one model. ``step`` runs one micro-turn for all of them."""
 
@@ -60,8 +63,15 @@ class Engine:
         if window and window - 1 > self.cache_len:  # attention reads the cache before writing (layers/attention)
             raise ValueError(f"sliding_window={window} needs a cache of at least {window - 1} tokens, "
                              f"got {self.cache_len} ({self.cache_chunks} chunks)")
-        self._step = jax.jit(self._step_impl, donate_argnums=(1,))
-        self._reset = jax.jit(self._reset_impl, donate_argnums=(0,))
+        # Compiled once per (config, sampling, mode, shapes) and shared by every Engine with the same key:
+        # evaluating five tasks or reloading a checkpoint does not recompile.
+        key = (config, sampling, row_invariant, batch_slots, self.cache_chunks)
+        if key not in _COMPILED:
+            program = Engine.__new__(Engine)
+            program.__dict__.update({k: v for k, v in self.__dict__.items() if k != "params"})
+            _COMPILED[key] = (jax.jit(program._step_impl, donate_argnums=(1,)),
+                              jax.jit(program._reset_impl, donate_argnums=(0,)))
+        self._step, self._reset = _COMPILED[key]
 
     # ---------------------------------------------------------------------------- state
     def init_state(self, seeds: jax.Array | None = None) -> EngineState:

@@ -56,9 +56,11 @@ class Server:
     """Owns the engine; a single batching task steps every session that has sent a chunk."""
 
     def __init__(self, config: Config, params: Any, *, slots: int = 8, sampling: Sampling = Sampling(),
-                 on_delegate: Callable[[int, str], str | None] | None = None, batch_wait_s: float = 0.01):
+                 on_delegate: Callable[[int, str], str | None] | None = None, batch_wait_s: float = 0.01,
+                 row_invariant: bool = True):
         self.config = config
-        self.engine = Engine(config, params, batch_slots=slots, sampling=sampling)
+        # row_invariant: a session's audio is bit-identical to file mode whatever else is connected.
+        self.engine = Engine(config, params, batch_slots=slots, sampling=sampling, row_invariant=row_invariant)
         self.state = self.engine.init_state()
         self.free = list(range(slots))
         self.conns: dict[int, Connection] = {}
@@ -216,7 +218,7 @@ def _decode_jpeg(data: bytes, height: int, width: int) -> np.ndarray | None:
 
 
 async def serve(server: Server, host: str = "127.0.0.1", port: int = 8765, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, port_out: list[int] | None = None) -> None:
     """Run until ``stop`` is set (forever if None). ``GET /`` without an upgrade returns the browser page."""
     import websockets
     from websockets.datastructures import Headers
@@ -232,6 +234,9 @@ async def serve(server: Server, host: str = "127.0.0.1", port: int = 8765, ready
     batcher = asyncio.create_task(server.run_batches())
     async with websockets.serve(server.handle, host, port, max_size=MAX_MESSAGE_BYTES,
                                 process_request=process_request) as ws_server:
+        port = next(iter(ws_server.sockets)).getsockname()[1]  # the real port when 0 was asked for
+        if port_out is not None:
+            port_out.append(port)
         if ready is not None:
             ready.set()
         print(f"[serve] listening on ws://{host}:{port} ({server.engine.batch_slots} session slots)", flush=True)

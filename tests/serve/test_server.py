@@ -1,0 +1,121 @@
+"""WebSocket server over loopback with real `websockets` clients: 8 concurrent sessions, malformed input."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import websockets
+from flax import linen as nn
+
+from interaction_jax import model as model_lib
+from interaction_jax.config import load_config
+from interaction_jax.serve.file_mode import stream_file
+from interaction_jax.serve.server import AUDIO, Server, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = [
+    "model.transformer.d_model=64", "model.transformer.num_layers=1", "model.transformer.num_heads=2",
+    "model.transformer.num_kv_heads=1", "model.transformer.head_dim=32", "model.transformer.mlp_dim=128",
+    "model.flow_head.width=64", "model.flow_head.depth=1", "model.pad_multiple=1", "model.max_chunks=16",
+]
+CHUNKS = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = load_config(ROOT / "configs/tiny.py", SMALL)
+    return cfg, nn.unbox(model_lib.init(jax.random.key(1), cfg))
+
+
+def pcm(wave):
+    return bytes([AUDIO]) + (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def client(port, seed, waves, text=None):
+    async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+        await ws.send(json.dumps({"type": "start", "seed": seed}))
+        ready = json.loads(await ws.recv())
+        assert ready["type"] == "ready"
+        if text:
+            await ws.send(json.dumps({"type": "text", "text": text}))
+        audio = []
+        for w in waves:
+            await ws.send(pcm(w))
+            while True:
+                msg = await ws.recv()
+                if isinstance(msg, bytes):
+                    audio.append(np.frombuffer(msg[1:], "<i2"))
+                    break
+        return np.concatenate(audio)
+
+
+async def closed_reason(port, messages):
+    async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+        for m in messages:
+            await ws.send(m)
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), timeout=30)
+        except websockets.ConnectionClosed as e:
+            return e.rcvd.code, e.rcvd.reason
+
+
+def test_eight_concurrent_sessions_match_file_mode_and_survive_bad_clients(model):
+    cfg, params = model
+    rng = np.random.default_rng(0)
+    waves = [[(0.1 * rng.standard_normal(3200)).astype(np.float32) for _ in range(CHUNKS)] for _ in range(8)]
+    # what the server receives is PCM16: quantise the same way for the file-mode reference
+    waves = [[np.frombuffer(pcm(w)[1:], "<i2").astype(np.float32) / 32768.0 for w in ws] for ws in waves]
+
+    async def scenario():
+        server = Server(cfg, params, slots=10)  # 8 good sessions + the bad clients that do send "start"
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(serve(server, "127.0.0.1", 0, ready=ready, stop=stop, port_out=ports))
+        await ready.wait()
+        port = ports[0]
+        bad = asyncio.gather(
+            closed_reason(port, ['{"type": "start"}', bytes([AUDIO]) + b"\x00" * 10]),
+            closed_reason(port, ["not json"]),
+            closed_reason(port, ['{"type": "start"}', b"\x07abc"]),
+        )
+        good = asyncio.gather(*[client(port, 100 + i, waves[i]) for i in range(8)])
+        bad_results, good_results = await asyncio.gather(bad, good)
+        stop.set()
+        await task
+        return bad_results, good_results, server
+
+    ports: list[int] = []
+    bad_results, outputs, server = asyncio.run(scenario())
+    (c1, r1), (c2, r2), (c3, r3) = bad_results
+    assert (c1, c2, c3) == (1007, 1007, 1003)
+    assert "6400 bytes of PCM16" in r1 and "first message" in r2 and "unknown binary message type 0x07" in r3
+    for i in (0, 5):
+        ref = stream_file(cfg, params, np.concatenate(waves[i]), seed=100 + i, progress=False)
+        expected = (np.clip(ref["audio"], -1, 1) * 32767).astype("<i2")
+        # the file-mode output is shifted by one chunk (aligned to the input); the wire carries chunk n's output
+        np.testing.assert_array_equal(outputs[i][: 3200 * (CHUNKS - 1)], expected[3200:])
+    assert sorted(server.free) == list(range(10))  # every slot came back after its client left
+
+
+def test_server_refuses_when_full(model):
+    cfg, params = model
+
+    async def scenario():
+        server = Server(cfg, params, slots=1)
+        ready, stop = asyncio.Event(), asyncio.Event()
+        ports: list[int] = []
+        task = asyncio.create_task(serve(server, "127.0.0.1", 0, ready=ready, stop=stop, port_out=ports))
+        await ready.wait()
+        async with websockets.connect(f"ws://127.0.0.1:{ports[0]}/") as first:
+            await first.send(json.dumps({"type": "start"}))
+            await first.recv()
+            code, reason = await closed_reason(ports[0], ['{"type": "start"}'])
+        stop.set()
+        await task
+        return code, reason
+
+    code, reason = asyncio.run(scenario())
+    assert code == 1013 and "full" in reason
