@@ -42,7 +42,10 @@ def ensure_venv(extras: str) -> None:
 
 def run(args: list[str]) -> int:
     print("[dev] $ " + " ".join(args), flush=True)
-    return subprocess.call(args, cwd=ROOT)
+    # CPU unless the user chose otherwise: libtpu (the [tpu] extra, for AOT checks) would otherwise probe for
+    # a TPU and print warnings on every start.
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    return subprocess.call(args, cwd=ROOT, env=env)
 
 
 def main() -> int:

@@ -92,7 +92,33 @@ def demo_frontends(out: Path) -> dict[str, Path]:
     return paths
 
 
+# The Quickstart is sized to finish in ~15 minutes on 2 CPU cores: a short run of the tiny model, then the
+# free-running evaluation of every task. It shows the whole loop working; it does not train the model to
+# competence (experiments/001_tiny_all_tasks is the longer run).
+QUICKSTART_OVERRIDES = (
+    "train.steps=60", "data.batch_size=4", "train.warmup_steps=10", "train.log_every=5",
+    "train.checkpoint_every=30", "train.eval_episodes=2",
+)
+
+
 def quickstart(workdir: Path) -> int:
-    """README main command. Until the training loop lands it runs the front-end demo."""
+    """README main command: front-end demo, train the tiny config on synthetic data, evaluate it."""
+    from flax import linen as nn
+
+    from interaction_jax.config import load_config
+    from interaction_jax.evals.run import evaluate, markdown
+    from interaction_jax.train import train
+
+    start = time.perf_counter()
+    config_path = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
+    config = load_config(config_path, QUICKSTART_OVERRIDES)
     demo_frontends(workdir / "frontends")
+    print(f"[quickstart] training {config.name} for {config.train.steps} steps in {workdir}", flush=True)
+    result = train(config, workdir)
+    print(f"[quickstart] evaluating {config.train.eval_episodes} held-out episodes per task", flush=True)
+    results = evaluate(config, nn.unbox(result["state"].params), config.data.tasks, config.train.eval_episodes,
+                       workdir / "eval")
+    print(markdown(results))
+    print(f"[quickstart] done in {(time.perf_counter() - start) / 60:.1f} min: metrics {workdir}/metrics.jsonl, "
+          f"TensorBoard {workdir}/tb, eval {workdir}/eval/ (results.md, WAVs, mel PNGs)")
     return 0

@@ -1,0 +1,56 @@
+"""AOT compilation for a TPU topology on this CPU (needs libtpu: the [tpu] extra, installed by dev.py test)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.tpu
+
+try:
+    import libtpu  # noqa: F401
+
+    HAVE_LIBTPU = True
+except ImportError:
+    HAVE_LIBTPU = False
+
+
+def aot(*args, timeout=900):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    return subprocess.run([sys.executable, "-m", "interaction_jax", "aot", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu not installed (pip install 'interaction_jax[tpu]')")
+def test_tiny_compiles_for_v5e_and_fits(tmp_path):
+    out = tmp_path / "aot.json"
+    r = aot("--config", "configs/tiny.py", "--topology", "v5e:2x2", "--set", "mesh.data=-1",
+            "--no-flops-correction", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    for key in ("topology", "hbm_bytes_per_device", "hbm_capacity_bytes", "fits", "flops_per_step",
+                "tokens_per_step", "params_total", "params_active", "attention_kernel", "compile_s"):
+        assert key in rep, key
+    assert rep["fits"] is True and rep["topology"] == "v5e:2x2"
+    assert rep["hbm_bytes_per_device"] < rep["hbm_capacity_bytes"]
+    assert rep["attention_kernel"] == "splash" and rep["splash_in_hlo"] is True
+    assert rep["flops_per_step"] > 0 and "need" in r.stdout
+
+
+@pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu not installed (pip install 'interaction_jax[tpu]')")
+def test_oversized_config_exits_nonzero_with_advice():
+    r = aot("--config", "configs/tiny.py", "--topology", "v5e:2x2", "--set", "mesh.data=-1",
+            "--set", "data.batch_size=2048", "--no-flops-correction")
+    assert r.returncode != 0
+    assert "remat" in r.stderr and ("GiB" in r.stderr or "refused" in r.stderr)
+
+
+def test_unknown_topology_is_a_clear_error():
+    from interaction_jax.aot import hbm_capacity
+
+    with pytest.raises(ValueError, match="unknown TPU generation"):
+        hbm_capacity("v9x:2x2")
