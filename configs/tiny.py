@@ -33,7 +33,7 @@ def get_config() -> Config:
                 d_model=256, num_layers=5, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=768,
             ),
             flow_head=FlowHeadConfig(width=256, depth=3),
-            max_chunks=600,
+            max_chunks=200,  # 40 s sessions: keeps eval and CPU serving fast (see README, Known limits)
         ),
         data=DataConfig(window_chunks=48, batch_size=8),
         train=TrainConfig(steps=1500, learning_rate=2e-3, warmup_steps=100, checkpoint_every=250),

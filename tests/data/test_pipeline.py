@@ -173,3 +173,9 @@ def test_converter_resamples_explicitly(tmp_path, capsys):
     assert not skipped and "resampling 48000 Hz -> 16000 Hz" in capsys.readouterr().out
     converted = pipeline.ShardSource(str(paths[0]))[0]
     assert abs(converted.user_audio.size - ep.user_audio.size) <= 3
+
+
+def test_multiprocess_prefetch_gives_the_same_batches():
+    single = take(pipeline.make_iterator(cfg()), 2)
+    workers = take(pipeline.make_iterator(cfg(num_workers=2)), 2)
+    assert_batches_equal(single, workers)

@@ -6,24 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from interaction_jax import sharding
 from interaction_jax.layers import Transformer, init_cache
 
-RULES = [
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("expert", "expert"),
-    ("layers", None),
-    ("act_batch", ("data", "fsdp")),
-    ("act_len", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_mlp", "tensor"),
-]
+RULES = sharding.RULES  # the project's one rules table, not a copy
 
 
 def _mesh(devices):

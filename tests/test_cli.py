@@ -1,0 +1,55 @@
+"""CLI commands that are cheap to run in-process: params, data synth/show, demo-frontends, bench dmel keys."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from interaction_jax.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("config", "low", "high"),
+    [("tiny", 5e6, 9e6), ("small", 80e6, 130e6), ("tpu_v5e_1b", 1.3e9, 1.8e9), ("tpu_v5p_moe", 8e9, 12e9)],
+)
+def test_params_report(tmp_path, config, low, high):
+    out = tmp_path / "p.json"
+    assert main(["params", "--config", str(ROOT / f"configs/{config}.py"), "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert {"total", "active", "flops_per_token", "components"} <= set(rep)
+    assert low <= rep["total"] <= high, rep["total"]
+    assert sum(rep["components"].values()) == rep["total"]
+    if config == "tpu_v5p_moe":
+        assert 0.7e9 <= rep["active"] <= 1.5e9, rep["active"]
+    else:
+        assert rep["active"] == rep["total"]
+    assert rep["flops_per_token"] > 6 * rep["active"] * 0.5
+
+
+def test_data_synth_and_show(tmp_path):
+    assert main(["data", "synth", "--task", "repcount", "--num", "3", "--out", str(tmp_path), "--shard-size", "2"]) == 0
+    shards = sorted(tmp_path.glob("*.array_record"))
+    assert len(shards) == 2
+    png = tmp_path / "show.png"
+    assert main(["data", "show", str(shards[0]), "--index", "1", "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_data_synth_unknown_task_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'juggle'"):
+        main(["data", "synth", "--task", "juggle", "--num", "1", "--out", str(tmp_path)])
+
+
+def test_demo_frontends_writes_its_files(tmp_path):
+    assert main(["demo-frontends", "--out", str(tmp_path)]) == 0
+    for name in ("logmel_vs_dmel.png", "dmel_griffin_lim.wav", "hmlp_token_norms.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+
+
+def test_bench_dmel_json_keys(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "dmel", "--seconds", "3", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["max_abs_diff"] < 1e-4 and rep["speedup_vs_librosa"] > 0
