@@ -237,6 +237,10 @@ def make_iterator(config: Config, *, process_index: int = 0, process_count: int 
     ds = make_dataset(config, process_index=process_index, process_count=process_count, seed_offset=seed_offset)
     it_ds = ds.to_iter_dataset()
     if config.data.num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we are not an absl app
+            flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
     return iter(it_ds)
 

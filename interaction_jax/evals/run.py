@@ -82,7 +82,8 @@ def run_task(config: Config, params: Any, task: str, num_episodes: int, *, seed:
         frames = mask = None
         if engine.layout.num_video:
             frames = np.stack([arr["frames"][min(n, len(arr["frames"]) - 1)] for arr in arrays])
-            mask = np.array([n < ep.num_chunks and bool(arr["frame_mask"][n]) for ep, arr in zip(episodes, arrays, strict=False)])
+            mask = np.array([n < ep.num_chunks and bool(arr["frame_mask"][n])
+                             for ep, arr in zip(episodes, arrays, strict=True)])
         state, out = engine.step(state, mic, frames, mask, text_in[:, n])
         generated[:, hi : hi + a.chunk_samples] = out["audio"]  # the model's voice during interval n+1
         tokens[:, n] = out["text_tokens"]

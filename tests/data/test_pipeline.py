@@ -147,7 +147,7 @@ def test_shards_and_converter_round_trip(tmp_path):
             [{"word": w, "start": t, "end": t + 0.1} for t, w in ep.model_words]))
     sf.write(audio_dir / "mono.wav", np.zeros(16000, np.float32), 16000)
     (audio_dir / "nowords.wav").write_bytes((audio_dir / "ep0.wav").read_bytes())
-    paths, skipped = tools.convert(audio_dir, words_dir, tmp_path / "shards")
+    _paths, skipped = tools.convert(audio_dir, words_dir, tmp_path / "shards")
     assert {name for name, _ in skipped} == {"mono.wav", "nowords.wav"}
     assert any("stereo" in why for _, why in skipped) and any("missing" in why for _, why in skipped)
     converted = pipeline.ShardSource(str(tmp_path / "shards" / "*.array_record"))

@@ -115,7 +115,7 @@ def test_file_mode_bad_audio_is_a_clear_error(checkpoint, tmp_path, capsys, cont
 def test_missing_or_mismatched_checkpoint(tmp_path, capsys, checkpoint):
     assert main(["eval", "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    workdir, config = checkpoint
+    workdir, _config = checkpoint
     assert main(["train", "--config", str(ROOT / "configs/tiny.py"), "--workdir", str(workdir),
                  *[a for s in [*SMALL, "model.transformer.d_model=32"] for a in ("--set", s)]]) == 2
     assert "different model config" in capsys.readouterr().err
