@@ -1,7 +1,9 @@
 """tpu_v5p_moe: ~10B total / ~1B active MoE on a v5p-64 slice (topology v5p:4x4x4), experts on `expert`.
 
 For: scaling the interaction model with sparse FFNs. 64 routed experts (top-4, FFN 1024) plus one shared
-expert, d 2048, 24 layers, GQA 16/4. Same layout as tpu_v5e_1b (S=77).
+expert, d 2048, 24 layers, GQA 16/4. Same layout as tpu_v5e_1b (S=77). Expert parallelism: the 64 experts are
+split 4 ways over `expert` and tokens reach them by all-to-all (`moe.dispatch="alltoall"`); the batch is split
+over fsdp x expert (64 ways, one window per chip).
 
 Commands:
     python -m interaction_jax params --config configs/tpu_v5p_moe.py
@@ -19,7 +21,7 @@ def get_config() -> Config:
     base = load_config(Path(__file__).with_name("tpu_v5e_1b.py"))
     transformer = dataclasses.replace(
         base.model.transformer,
-        moe=MoeConfig(num_experts=64, top_k=4, expert_mlp_dim=1024, shared_expert=True, dispatch="sort"),
+        moe=MoeConfig(num_experts=64, top_k=4, expert_mlp_dim=1024, shared_expert=True, dispatch="alltoall"),
         mlp_dim=1024,  # the shared expert's width
     )
     return dataclasses.replace(

@@ -71,11 +71,14 @@ def _evaluate(config, params, workdir, tasks, episodes, json_path=None) -> int:
     from flax import linen as nn
 
     from interaction_jax.evals.run import evaluate, json_safe, markdown
+    from interaction_jax.paths import Mirror, as_path
 
-    out_dir = Path(workdir) / "eval"
-    results = evaluate(config, nn.unbox(params), tuple(tasks), episodes, out_dir)
+    # WAVs and PNGs are written by local-file libraries: stage them, then copy to a gs:// workdir.
+    mirror = Mirror(as_path(workdir) / "eval", seed_names=())
+    results = evaluate(config, nn.unbox(params), tuple(tasks), episodes, mirror.local)
+    mirror.close()
     print(markdown(results))
-    print(f"[eval] wrote {out_dir}/results.md, results.json, example WAVs and mel PNGs")
+    print(f"[eval] wrote {as_path(workdir) / 'eval'}/results.md, results.json, example WAVs and mel PNGs")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(json_safe(results), indent=2) + "\n")
@@ -162,7 +165,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_aot(args: argparse.Namespace) -> int:
     from interaction_jax import aot
 
-    result = aot.run(_load(args), args.topology, args.num_slices, correct_flops=not args.no_flops_correction)
+    result = aot.run(_load(args), args.topology, args.num_slices, correct_flops=not args.no_flops_correction,
+                     serve_slots=args.serve_slots)
     print(aot.format_result(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +181,16 @@ def cmd_demo_frontends(args: argparse.Namespace) -> int:
     from interaction_jax.demo import demo_frontends
 
     demo_frontends(Path(args.out))
+    return 0
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from interaction_jax.evals import curves
+
+    rows = curves.read_metrics(args.run)
+    out = curves.plot(rows, args.out, title=args.title or str(args.run))
+    print(f"[curves] {len(rows)} logged steps (last: step {rows[-1]['step']}, loss {rows[-1].get('loss', 'n/a')}) "
+          f"-> {out}")
     return 0
 
 
@@ -265,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default=None, help="e.g. v5e:4x4, v5p:4x4x4 (default: the config's own)")
     p.add_argument("--num-slices", type=int, default=1, help="multi-slice: data axis over DCN")
     p.add_argument("--no-flops-correction", action="store_true", help="skip the 2-layer scan correction")
+    p.add_argument("--serve-slots", type=int, default=1,
+                   help="also compile the serving micro-turn with this many sessions per batch shard (0 = skip)")
     p.add_argument("--json", help="write the report here")
     p.set_defaults(func=cmd_aot)
 
@@ -282,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output directory")
     p.set_defaults(func=cmd_demo_frontends)
 
+    p = sub.add_parser("curves", help="plot loss / text CE / flow loss / word accuracy from a run's metrics.jsonl")
+    p.add_argument("run", help="training workdir or its metrics.jsonl")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--title", default="")
+    p.set_defaults(func=cmd_curves)
+
     p = sub.add_parser("quickstart", help="the README's main command")
     p.add_argument("--workdir", default="runs/quickstart")
     p.set_defaults(func=cmd_quickstart)
@@ -291,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Errors caused by the user's input: print one clear line instead of a traceback.
 USER_ERRORS = (
     "ConfigError", "DoesNotFit", "CheckpointError", "EpisodeError", "SessionEnded", "AudioInputError", "InputError",
+    "MetricsError",
 )
 
 

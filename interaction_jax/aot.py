@@ -8,8 +8,8 @@ this module:
 * Compiling is not proof of fitting: libtpu rejects a program only when its *temporaries* exceed HBM. We
   compute ``need = argument + output - alias + temp + generated code`` per device ourselves and compare it
   with the capacity libtpu reports (v5e 15.75 GiB, v6e 31.25 GiB, v5p 95.74 GiB).
-* ``cost_analysis()`` counts a scanned layer body once. We compile the same model with 2 layers, unrolled
-  and scanned: ``body = F_unrolled2 - F_scanned2``, then ``total = F_scanned_L + (L - 1) * body``.
+* ``cost_analysis()`` counts a scanned layer body once. We compile the same model again with two layers per
+  scan iteration (``scan_unroll=2``): ``body = F_unroll2 - F_scan``, then ``total = F_scan + (L - 1) * body``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,13 @@ class DoesNotFit(RuntimeError):
 
 
 def topology_devices(topology: str, num_slices: int = 1) -> list[Any]:
+    import os
+
     from jax.experimental import topologies
 
+    # Compiling for a topology description opens no TPU, so the single-process libtpu lockfile only gets in
+    # the way (two `aot` runs, or `aot` beside the test suite, would abort with "lockfile" errors).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         desc = topologies.get_topology_desc(
             platform="tpu", topology_name=topology, chip_config_name="default",
@@ -57,6 +62,51 @@ def _compile_train(config: Config, devices: list[Any]):
     trainer = Trainer(config, mesh)
     with trainer.activate():
         lowered = trainer.step_fn.lower(trainer.abstract_state, trainer.batch_spec)
+        return lowered.compile()
+
+
+def _compile_serve(config: Config, devices: list[Any], slots: int):
+    """The streaming engine's micro-turn (dMel, prefill, text + flow decode, Griffin-Lim) for ``slots``
+    sessions, with the training param shardings and the KV cache split over the batch axes."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from interaction_jax.layers import cache_logical_axes
+    from interaction_jax.serve.engine import Engine
+    from interaction_jax.train import Trainer
+
+    mesh = sharding.make_mesh(config.mesh, devices)
+    trainer = Trainer(config, mesh)
+    params = trainer.abstract_state.params
+    engine = Engine(config, None, batch_slots=slots)
+    with trainer.activate():
+        state = jax.eval_shape(engine.init_state)
+        cache_axes = cache_logical_axes()
+        batch = sharding.batch_sharding(mesh)
+
+        def place(path, leaf):
+            names = [getattr(k, "name", getattr(k, "key", None)) for k in path]
+            if "cache" in names:
+                spec = sharding.logical_to_spec(cache_axes[names[-1]], leaf.shape, mesh)
+                return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(mesh, spec))
+            spec = batch.spec if leaf.ndim and leaf.shape[0] == slots else PartitionSpec()
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(mesh, spec))
+
+        state = jax.tree_util.tree_map_with_path(place, state)
+        lay = engine.layout
+        a = config.audio
+        b_spec = batch.spec
+
+        def arg(shape, dtype):
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, b_spec))
+
+        frames = frame_mask = None
+        if lay.num_video:
+            frames = arg((slots, config.vision.height, config.vision.width, 3), jax.numpy.uint8)
+            frame_mask = arg((slots,), jax.numpy.bool_)
+        lowered = engine._step.lower(params, state, arg((slots, a.chunk_samples), jax.numpy.float32), frames,
+                                     frame_mask, arg((slots, lay.num_text_in), jax.numpy.int32),
+                                     arg((slots,), jax.numpy.bool_))
         return lowered.compile()
 
 
@@ -89,8 +139,12 @@ def for_tpu(config: Config, num_slices: int) -> Config:
     return dataclasses.replace(config, mesh=mesh)
 
 
+HEADROOM = 0.10  # a TPU config must leave this fraction of HBM free (fragmentation, runtime buffers)
+
+
 def run(config: Config, topology: str | None = None, num_slices: int = 1, *, correct_flops: bool = True,
-        log=print) -> dict[str, Any]:
+        serve_slots: int = 0, log=print) -> dict[str, Any]:
+    """Compile the train step (and, with ``serve_slots > 0``, the serving micro-turn) for ``topology``."""
     topology = topology or config.topology
     if not topology:
         raise ValueError(f"config {config.name!r} names no topology; pass --topology (e.g. v5e:2x2)")
@@ -110,11 +164,15 @@ def run(config: Config, topology: str | None = None, num_slices: int = 1, *, cor
     raw = _flops(compiled)
     layers = config.model.transformer.num_layers
     per_device = raw
-    if correct_flops and config.model.transformer.scan_layers and layers > 2:
-        log("[aot] correcting FLOPs for scan: compiling 2-layer scanned and unrolled variants...")
-        f_s2 = _flops(_compile_train(replace_transformer(config, num_layers=2, scan_layers=True), devices))
-        f_u2 = _flops(_compile_train(replace_transformer(config, num_layers=2, scan_layers=False), devices))
-        per_device = raw + (layers - 1) * (f_u2 - f_s2)
+    if correct_flops and config.model.transformer.scan_layers and layers > 1:
+        # The same L-layer program with two layers per loop iteration: the loop body now holds 2 layers and
+        # is still counted once, so the difference is exactly one layer (forward + backward, remat and all).
+        # (Comparing with a 2-layer *unrolled* model instead undercounts: XLA drops the remat recomputation
+        # there, so that "layer" has no recompute; measured 0.60x analytic on tpu_v5e_1b.)
+        log("[aot] correcting FLOPs for scan: compiling the same step with 2 layers per loop iteration...")
+        f_unroll2 = _flops(_compile_train(replace_transformer(config, scan_unroll=2), devices))
+        extra_visible = 1 + layers % 2  # an odd L leaves one layer outside the loop, visible once more
+        per_device = raw + (layers - 1) * (f_unroll2 - raw) / extra_visible
     rep = flops.report(config)
     tokens = flops.tokens_per_step(config)
     n_dev = len(devices)
@@ -146,7 +204,30 @@ def run(config: Config, topology: str | None = None, num_slices: int = 1, *, cor
         "compile_s": compile_s,
     }
     result["flops_ratio_vs_analytic"] = total_flops / max(result["analytic_flops_per_step"], 1.0)
-    if not result["fits"]:
+    # If the chips ran the compiled FLOPs at peak, the model FLOPs (analytic) would be this fraction of peak.
+    result["mfu_at_peak"] = result["analytic_flops_per_step"] / total_flops if total_flops else 0.0
+    result["headroom_ok"] = mem["need"] <= (1 - HEADROOM) * capacity
+    if serve_slots:
+        slots = serve_slots * sharding.batch_divisor(sharding.make_mesh(config.mesh, devices))
+        log(f"[aot] compiling the serving micro-turn for {slots} sessions...")
+        start = time.perf_counter()
+        try:
+            serve_mem = memory(_compile_serve(config, devices, slots))
+        except Exception as e:
+            raise DoesNotFit(f"libtpu refused the serving step of {config.name} on {topology}: {str(e)[:600]}") from e
+        result["serve"] = {"slots": slots, "cache_chunks": config.model.max_chunks,
+                           "hbm_bytes_per_device": serve_mem["need"], "fits": serve_mem["need"] <= capacity,
+                           "headroom_ok": serve_mem["need"] <= (1 - HEADROOM) * capacity,
+                           "compile_s": time.perf_counter() - start}
+        if not result["serve"]["fits"]:
+            gib = 2**30
+            result["fits"] = False
+            result["error"] = (
+                f"the serving step of {config.name} ({slots} sessions x {config.model.max_chunks} chunks of KV "
+                f"cache) needs {serve_mem['need'] / gib:.2f} GiB per device on {topology}, over the "
+                f"{capacity / gib:.2f} GiB chip by {(serve_mem['need'] - capacity) / gib:.2f} GiB. Knobs: fewer "
+                "--serve-slots, a smaller model.max_chunks, or a sliding window with a rolling cache.")
+    if mem["need"] > capacity:  # the train step's own message wins over the serving one
         gib = 2**30
         result["error"] = (
             f"{config.name} needs {mem['need'] / gib:.2f} GiB per device on {topology} but the chip has "
@@ -170,8 +251,13 @@ def format_result(r: dict[str, Any]) -> str:
         f"fits: {r['fits']} | params {r['params_total'] / 1e9:.3f}B total / {r['params_active'] / 1e9:.3f}B active"
         f" | FLOPs/step {r['flops_per_step']:.4g} (raw {r['flops_per_step_raw']:.3g}, analytic "
         f"{r['analytic_flops_per_step']:.4g}, ratio {r['flops_ratio_vs_analytic']:.2f})",
-        f"MFU-bound step {r['mfu_bound_step_s']:.3f} s, {r['tokens_per_s_at_peak']:.4g} tokens/s at peak | "
+        f"MFU-bound step {r['mfu_bound_step_s']:.3f} s, {r['tokens_per_s_at_peak']:.4g} tokens/s, model-FLOPs "
+        f"utilisation {r['mfu_at_peak']:.2f} at peak | "
         f"attention {r['attention_kernel']} (splash in HLO: {r['splash_in_hlo']}) | compile {r['compile_s']:.1f} s",
+        f"headroom >= {100 * HEADROOM:.0f}%: {r['headroom_ok']}",
+        *([f"serving: {r['serve']['slots']} sessions x {r['serve']['cache_chunks']} chunks need "
+           f"{r['serve']['hbm_bytes_per_device'] / gib:.3f} GiB per device (compile {r['serve']['compile_s']:.1f} s)"]
+          if "serve" in r else []),
     ])
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from interaction_jax.config import Config, ConfigError, dumps, flatten, from_dict
+from interaction_jax.paths import as_path, is_remote
 
 
 class CheckpointError(RuntimeError):
@@ -26,7 +27,7 @@ def _manager(directory: str | Path, keep: int = 3, async_save: bool = True) -> o
     import grain
 
     directory = str(directory)
-    if not directory.startswith("gs://"):
+    if not is_remote(directory):
         directory = str(Path(directory).absolute())
     return ocp.CheckpointManager(
         directory,
@@ -43,8 +44,10 @@ class Checkpointer:
         self.manager = _manager(directory, keep, async_save)
 
     def write_config(self, config: Config) -> None:
-        if jax.process_index() == 0 and not self.directory.startswith("gs://"):
-            Path(self.directory, "config.json").write_text(dumps(config) + "\n")
+        if jax.process_index() == 0:
+            target = as_path(self.directory)
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "config.json").write_text(dumps(config) + "\n")
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -108,7 +111,7 @@ class Checkpointer:
             raise CheckpointError("\n".join(lines))
 
     def config_diff_hint(self) -> str:
-        path = Path(self.directory, "config.json")
+        path = as_path(self.directory) / "config.json"
         return (f"  (the run's config is in {path}; compare it with yours, e.g. "
                 f"`python -m interaction_jax config --config ...`)") if path.exists() else ""
 
@@ -134,7 +137,7 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 def load_run_config(directory: str | Path) -> Config:
     """The config a checkpoint directory was trained with (``config.json`` beside the steps)."""
-    path = Path(directory, "config.json")
+    path = as_path(directory) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{directory} has no config.json: is it a training workdir's checkpoint folder?")
     try:

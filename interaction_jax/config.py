@@ -86,7 +86,7 @@ class TextConfig:
 
 RematPolicy = Literal["none", "dots", "full"]
 AttentionBackend = Literal["auto", "dot", "splash", "cudnn"]
-MoeDispatch = Literal["onehot", "sort"]
+MoeDispatch = Literal["onehot", "sort", "alltoall"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +116,10 @@ class TransformerConfig:
     norm_eps: float = 1e-6
     sliding_window: int = 0  # 0 = full causal attention
     attention_backend: AttentionBackend = "auto"
+    causal_block: int = 128  # dot backend: query/key block size for skipping future blocks (0 = dense)
     remat: RematPolicy = "none"
     scan_layers: bool = True
+    scan_unroll: int = 1  # layers per scan iteration (XLA loop unrolling; the AOT FLOP count uses 2)
     dtype: str = "float32"  # compute dtype; params are always float32
     moe: MoeConfig = dataclasses.field(default_factory=MoeConfig)
 

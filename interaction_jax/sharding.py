@@ -19,7 +19,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from interaction_jax.config import MeshConfig
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp", "expert")  # expert doubles as data parallelism outside the MoE FFN
 
 # logical name -> mesh axis (or tuple of axes, or None = replicated). First match wins (flax semantics).
 RULES: tuple[tuple[str, Any], ...] = (
@@ -113,7 +113,7 @@ def tree_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over data x fsdp; every other axis replicated."""
+    """Leading (batch) axis split over the batch axes (data x fsdp x expert); every other axis replicated."""
     axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
     return NamedSharding(mesh, PartitionSpec(axes if axes else None))
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from interaction_jax import flops, perf, sharding
+from interaction_jax import flops, paths, perf, sharding
 from interaction_jax.checkpoint import Checkpointer, CheckpointError, config_differences, load_run_config
 from interaction_jax.config import Config, TrainConfig, dumps
 from interaction_jax.data import pipeline
@@ -162,16 +162,18 @@ def run_info(config: Config, mesh) -> dict[str, Any]:
 
 
 class MetricsWriter:
-    """JSONL + TensorBoard on process 0; every other process writes nothing."""
+    """JSONL + TensorBoard on process 0 (staged locally and mirrored to a ``gs://`` workdir by ``sync``);
+    every other process writes nothing."""
 
-    def __init__(self, workdir: Path, enabled: bool):
+    def __init__(self, workdir: str | Path, enabled: bool):
         self.enabled = enabled
-        self.jsonl = open(workdir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
-        self.tb = None
+        self.jsonl = self.tb = self.mirror = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(workdir / "tb"))
+            self.mirror = paths.Mirror(workdir)
+            self.jsonl = open(self.mirror.local / "metrics.jsonl", "a")  # noqa: SIM115
+            self.tb = SummaryWriter(str(self.mirror.local / "tb"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -181,10 +183,16 @@ class MetricsWriter:
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
 
+    def sync(self) -> None:
+        if self.enabled:
+            self.tb.flush()
+            self.mirror.sync()
+
     def close(self) -> None:
         if self.enabled:
             self.jsonl.close()
             self.tb.close()
+            self.mirror.close()
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -193,14 +201,14 @@ class MetricsWriter:
 def train(config: Config, workdir: str | Path, *, max_steps: int | None = None, quiet: bool = False) -> dict:
     """Train (resuming from ``workdir/checkpoints`` if present). ``max_steps`` stops early (for tests)."""
     maybe_initialize_distributed(config)
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)  # keeps gs:// (pathlib would turn it into a local "gs:/" directory)
     lead = jax.process_index() == 0
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh)
     if config.data.batch_size % sharding.batch_divisor(mesh):
-        raise ValueError(f"data.batch_size={config.data.batch_size} must be divisible by data x fsdp = "
-                         f"{sharding.batch_divisor(mesh)}")
+        raise ValueError(f"data.batch_size={config.data.batch_size} must be divisible by the batch axes "
+                         f"data x fsdp x expert = {sharding.batch_divisor(mesh)}")
     ckpt_dir = workdir / "checkpoints"
     if (ckpt_dir / "config.json").exists():
         diffs = config_differences(load_run_config(ckpt_dir), config)
@@ -213,7 +221,7 @@ def train(config: Config, workdir: str | Path, *, max_steps: int | None = None, 
     trainer = Trainer(config, mesh)
     data_iter = pipeline.make_iterator(config, process_index=jax.process_index(),
                                        process_count=jax.process_count())
-    ckpt = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
+    ckpt = Checkpointer(str(ckpt_dir), keep=config.train.keep_checkpoints)
     ckpt.write_config(config)
     if ckpt.latest_step() is not None:
         start, state = ckpt.restore(trainer.abstract_state, data_iter)
@@ -255,6 +263,7 @@ def train(config: Config, workdir: str | Path, *, max_steps: int | None = None, 
                 t_last, steps_since = time.perf_counter(), 0
             if step % config.train.checkpoint_every == 0:
                 ckpt.save(step, state, data_iter)
+                writer.sync()
                 last_saved = step
             if step == fault_step:  # preemption drill: die hard right after this step's checkpoint is durable
                 ckpt.wait()

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     ("config", "low", "high"),
-    [("tiny", 5e6, 9e6), ("small", 80e6, 130e6), ("tpu_v5e_1b", 1.3e9, 1.8e9), ("tpu_v5p_moe", 8e9, 12e9)],
+    [("tiny", 5e6, 9e6), ("small", 80e6, 130e6), ("tpu_v5e_1b", 1.3e9, 1.8e9), ("tpu_v6e_1b", 1.3e9, 1.8e9),
+     ("tpu_v5p_moe", 8e9, 12e9), ("tml_small_scale", 260e9, 290e9)],
 )
 def test_params_report(tmp_path, config, low, high):
     out = tmp_path / "p.json"
@@ -23,6 +24,8 @@ def test_params_report(tmp_path, config, low, high):
     assert sum(rep["components"].values()) == rep["total"]
     if config == "tpu_v5p_moe":
         assert 0.7e9 <= rep["active"] <= 1.5e9, rep["active"]
+    elif config == "tml_small_scale":
+        assert 10e9 <= rep["active"] <= 14e9, rep["active"]
     else:
         assert rep["active"] == rep["total"]
     assert rep["flops_per_token"] > 6 * rep["active"] * 0.5
@@ -53,3 +56,22 @@ def test_bench_dmel_json_keys(tmp_path):
     assert main(["bench", "dmel", "--seconds", "3", "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["max_abs_diff"] < 1e-4 and rep["speedup_vs_librosa"] > 0
+
+
+def test_curves_plots_metrics_and_rejects_bad_files(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "loss": 3.0 / s, "text_loss": 1.0, "flow_loss": 1.0, "text_out_acc_word": 0.1}
+            for s in (1, 2, 3)]
+    rows.append({"step": 2, "loss": 9.0})  # a resumed run re-logs step 2: the last one wins
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "curve.png"
+    assert main(["curves", str(run), "--out", str(out)]) == 0
+    assert out.stat().st_size > 5000 and "3 logged steps" in capsys.readouterr().out
+    from interaction_jax.evals.curves import read_metrics
+
+    assert [r["loss"] for r in read_metrics(run)] == [3.0, 9.0, 1.0]
+    (run / "metrics.jsonl").write_text('{"step": 1}\n{not json\n')
+    assert main(["curves", str(run), "--out", str(out)]) == 2
+    assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
+    assert main(["curves", str(tmp_path / "missing"), "--out", str(out)]) == 2

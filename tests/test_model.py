@@ -17,12 +17,13 @@ from interaction_jax import model as model_lib
 from interaction_jax import sharding
 from interaction_jax.config import MeshConfig, load_config
 from interaction_jax.model import InteractionModel
+from tests.small import small_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_tiny(**changes):
-    cfg = load_config(ROOT / "configs/tiny.py", ["model.transformer.num_layers=2", "model.pad_multiple=1"])
+    cfg = load_config(ROOT / "configs/tiny.py", small_overrides(2))
     return model_lib.replace_transformer(cfg, **changes) if changes else cfg
 
 
@@ -163,12 +164,18 @@ def test_plain_script_can_import_model_and_take_a_step(tmp_path):
         from interaction_jax.config import load_config
         from interaction_jax import model
         cfg = load_config({str(ROOT / 'configs/tiny.py')!r}, ["model.transformer.num_layers=1"])
-        params = nn.unbox(model.init(jax.random.key(0), cfg))
+        params = nn.unbox(jax.jit(lambda key: model.init(key, cfg, num_chunks=2))(jax.random.key(0)))
         batch = jax.tree.map(jnp.asarray, model.dummy_batch(cfg, 1, 2))
         opt = optax.adamw(1e-3); state = opt.init(params)
-        loss, grads = jax.value_and_grad(lambda p: model.loss_fn(p, batch, jax.random.key(1), config=cfg)[0])(params)
-        updates, state = opt.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+
+        @jax.jit
+        def step(params, state):
+            loss, grads = jax.value_and_grad(lambda p: model.loss_fn(p, batch, jax.random.key(1), config=cfg)[0])(
+                params)
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state, loss
+
+        params, state, loss = step(params, state)
         print("LOSS", float(loss))
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)

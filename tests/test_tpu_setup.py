@@ -85,7 +85,7 @@ def test_bootstrap_and_launch_fan_out_same_command_to_all_workers(fake_gcloud, t
     assert all(a[:5] == ["compute", "tpus", "tpu-vm", "ssh", "ij"] and "--worker=all" in a and "--zone=z" in a
                for a in recorded)
     boot = next(a for a in recorded if any("pip install" in x for x in a))
-    assert any("interaction_jax[tpu]" in x and "JAX_COMPILATION_CACHE_DIR" in x and "gs://b/cache" in x
+    assert any("interaction_jax[tpu,gcs]" in x and "JAX_COMPILATION_CACHE_DIR" in x and "gs://b/cache" in x
                for x in boot)
     launch = [x for a in recorded for x in a if "interaction_jax train" in x]
     assert len(launch) == 1

@@ -20,14 +20,10 @@ from interaction_jax.checkpoint import Checkpointer, CheckpointError
 from interaction_jax.config import MeshConfig, load_config
 from interaction_jax.model import dummy_batch
 from interaction_jax.train import Trainer
+from tests.small import small_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "model.transformer.d_model=64", "model.transformer.num_layers=2", "model.transformer.num_heads=2",
-    "model.transformer.num_kv_heads=1", "model.transformer.head_dim=32", "model.transformer.mlp_dim=128",
-    "model.flow_head.width=64", "model.flow_head.depth=1", "data.window_chunks=8", "data.batch_size=4",
-    "train.log_every=1", "train.warmup_steps=2", "model.pad_multiple=1",
-]
+SMALL = small_overrides(2, "data.window_chunks=8", "data.batch_size=4", "train.log_every=1", "train.warmup_steps=2")
 
 
 def small_config(*extra):

@@ -11,7 +11,7 @@ SPOT=1
 DRY_RUN=0
 CONFIG=""
 WORKDIR=""
-PACKAGE="${IJ_PACKAGE:-interaction_jax[tpu]}"
+PACKAGE="${IJ_PACKAGE:-interaction_jax[tpu,gcs]}"
 CACHE_DIR="${IJ_COMPILE_CACHE:-}"
 EXTRA=()
 
@@ -25,7 +25,7 @@ common flags:
   --on-demand          not spot (default: spot)
   --config PATH        configs/*.py to train
   --workdir PATH       run directory, gs://bucket/run for multi-host
-  --package SPEC       pip spec installed on every worker (default: interaction_jax[tpu])
+  --package SPEC       pip spec installed on every worker (default: interaction_jax[tpu,gcs])
   --compile-cache DIR  persistent JAX compilation cache, e.g. gs://bucket/jax-cache
   --dry-run            print every gcloud command instead of running it
 USAGE

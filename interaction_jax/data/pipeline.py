@@ -19,12 +19,12 @@ The arrays follow the batch contract documented in ``interaction_jax/model.py``.
 from __future__ import annotations
 
 import dataclasses
-import glob
 from typing import Any
 
 import grain
 import numpy as np
 
+from interaction_jax import paths
 from interaction_jax.audio import dmel
 from interaction_jax.config import Config
 from interaction_jax.data.episode import Episode, read_record, shard_len
@@ -164,7 +164,7 @@ class ShardSource:
     """Random access over all records of a glob of ArrayRecord episode shards."""
 
     def __init__(self, pattern: str):
-        self.paths = sorted(glob.glob(pattern))
+        self.paths = paths.glob(pattern)
         if not self.paths:
             raise FileNotFoundError(f"no episode shards match {pattern!r}")
         self.lengths = [shard_len(p) for p in self.paths]

@@ -83,10 +83,32 @@ def _dot_attention(q, k, v, q_positions, kv_positions, sliding_window: int) -> j
     qg = q.reshape(b, t, hkv, h // hkv, d)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(d)
     mask = attention_mask(q_positions, kv_positions, sliding_window)[:, None, None]  # [B, 1, 1, T, S]
-    probs = jax.nn.softmax(jnp.where(mask, logits, _NEG), axis=-1)
-    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)  # a query with no key outputs 0
+    # One masked softmax pass: a query with no valid key gets exp(0) everywhere from the shift, so its
+    # row is zeroed by a per-row factor that fuses into the normalisation (no second pass over [T, S]).
+    masked = jnp.where(mask, logits, _NEG)
+    shifted = jnp.exp(masked - jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True)))
+    row_valid = jnp.any(mask, axis=-1, keepdims=True)
+    probs = shifted * (row_valid / jnp.sum(shifted, axis=-1, keepdims=True))
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
     return out.reshape(b, t, h, d)
+
+
+def _causal_block_attention(q, k, v, q_positions, kv_positions, sliding_window: int, block: int) -> jax.Array:
+    """Self-attention that skips key blocks that are entirely in the future (or out of the window).
+
+    Valid only when positions increase with the index (a training window: ``start + arange(T)``, padding
+    at the end), so key index > query index means "future". Each query block attends to a static key
+    range, which cuts the score work from T^2 to ~T^2/2: the dense ``dot`` path spends most of a CPU
+    training step on elementwise softmax passes over masked scores.
+    """
+    t = q.shape[1]
+    outs = []
+    for start in range(0, t, block):
+        stop = min(start + block, t)
+        lo = 0 if sliding_window <= 0 else max(0, (start - sliding_window + 1) // block * block)
+        outs.append(_dot_attention(q[:, start:stop], k[:, lo:stop], v[:, lo:stop], q_positions[:, start:stop],
+                                   kv_positions[:, lo:stop], sliding_window))
+    return jnp.concatenate(outs, axis=1)
 
 
 def _pick_block(t: int) -> int:
@@ -177,12 +199,14 @@ def attend(
     sliding_window: int = 0,
     interpret: bool = False,
     block_size: int | None = None,
+    causal_block: int = 0,
 ) -> jax.Array:
     """Causal (optionally sliding-window) GQA attention: q ``[B,T,H,D]``, k/v ``[B,S,Hkv,D]`` -> ``[B,T,H,D]``.
 
     ``*_positions`` are int32 ``[B, T]`` / ``[B, S]`` absolute positions (negative = invalid key). Softmax
     statistics are fp32 in every backend. ``interpret`` runs splash in Pallas interpret mode (CPU tests);
-    ``block_size`` overrides splash's tile size.
+    ``block_size`` overrides splash's tile size. ``causal_block > 0`` lets ``dot`` skip future key blocks of
+    that size; the caller promises ``q_positions == kv_positions`` increase with the index (training path).
     """
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of kv heads ({k.shape[2]})")
@@ -190,6 +214,8 @@ def attend(
     if backend != "dot" and q.shape[1] != k.shape[1]:
         raise ValueError(f"the {backend} backend only supports the full-sequence path (no KV cache)")
     if backend == "dot":
+        if causal_block and q.shape[1] == k.shape[1] and q.shape[1] > causal_block:
+            return _causal_block_attention(q, k, v, q_positions, kv_positions, sliding_window, causal_block)
         return _dot_attention(q, k, v, q_positions, kv_positions, sliding_window)
     if backend == "splash":
         return _splash_attention(q, k, v, sliding_window, interpret, block_size)
@@ -219,28 +245,74 @@ def cache_logical_axes() -> dict[str, tuple[str | None, ...]]:
     }
 
 
-def cache_context(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array):
-    """Keys/values/positions the new queries see: visible old slots followed by the new tokens."""
+def visible_old_positions(cache_pos: jax.Array, positions: jax.Array) -> jax.Array:
+    """Cache slot positions the new queries may see (older than the row's first new token), else -1."""
     big = jnp.iinfo(jnp.int32).max
     start = jnp.min(jnp.where(positions >= 0, positions, big), axis=1, keepdims=True)
-    old_pos = cache["pos"]
-    old_pos = jnp.where((old_pos >= 0) & (old_pos < start), old_pos, -1)
+    return jnp.where((cache_pos >= 0) & (cache_pos < start), cache_pos, -1)
+
+
+def cache_context(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array):
+    """Keys/values/positions the new queries see: visible old slots followed by the new tokens."""
+    old_pos = visible_old_positions(cache["pos"], positions)
     k_all = jnp.concatenate([cache["k"].astype(k.dtype), k], axis=1)
     v_all = jnp.concatenate([cache["v"].astype(v.dtype), v], axis=1)
     return k_all, v_all, jnp.concatenate([old_pos, positions.astype(jnp.int32)], axis=1)
 
 
-def update_cache(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array) -> Cache:
-    """Scatter the new tokens into slots ``pos % C``; only each row's last ``C`` valid tokens are kept."""
-    batch, size = cache["pos"].shape
+def _cached_attention(q, cache: Cache, k, v, positions, sliding_window: int) -> jax.Array:
+    """``attend(q, old ++ new)`` without materialising ``old ++ new``: the scores of the two parts are
+    concatenated instead (``T x (C + T)`` numbers, not ``(C + T) x D`` keys and values), which keeps a
+    decode step from copying the whole cache."""
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    qg = q.reshape(b, t, hkv, h // hkv, d)
+    old_pos = visible_old_positions(cache["pos"], positions)
+    k_old, v_old = cache["k"].astype(k.dtype), cache["v"].astype(v.dtype)
+    scale = 1.0 / math.sqrt(d)
+    logits = jnp.concatenate([
+        jnp.einsum("btkgd,bskd->bkgts", qg, k_old, preferred_element_type=jnp.float32),
+        jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32),
+    ], axis=-1) * scale
+    kv_pos = jnp.concatenate([old_pos, positions.astype(jnp.int32)], axis=1)
+    mask = attention_mask(positions, kv_pos, sliding_window)[:, None, None]
+    masked = jnp.where(mask, logits, _NEG)
+    shifted = jnp.exp(masked - jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True)))
+    probs = shifted * (jnp.any(mask, axis=-1, keepdims=True) / jnp.sum(shifted, axis=-1, keepdims=True))
+    c = k_old.shape[1]
+    out = (jnp.einsum("bkgts,bskd->btkgd", probs[..., :c].astype(v.dtype), v_old,
+                      preferred_element_type=jnp.float32)
+           + jnp.einsum("bkgts,bskd->btkgd", probs[..., c:].astype(v.dtype), v, preferred_element_type=jnp.float32))
+    return out.astype(v.dtype).reshape(b, t, h, d)
+
+
+def _cache_slots(positions: jax.Array, size: int) -> jax.Array:
+    """Slot of each new token (``pos % C``), or ``C`` (out of bounds: dropped) for tokens not kept: only
+    each row's last ``C`` valid tokens are written."""
     last = jnp.max(positions, axis=1, keepdims=True)
     keep = (positions >= 0) & (positions > last - size)
-    slot = jnp.where(keep, positions % size, size)  # index ``size`` is out of bounds -> dropped
+    return jnp.where(keep, positions % size, size)
+
+
+def update_cache(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array) -> Cache:
+    """Scatter the new tokens into slots ``pos % C``; only each row's last ``C`` valid tokens are kept.
+
+    Works for one layer's cache (k ``[B, C, H, D]``, new k ``[B, T, H, D]``) and for the stacked cache
+    (k ``[L, B, C, H, D]``, new k ``[L, B, T, H, D]``; ``positions`` ``[B, T]`` either way).
+    """
+    batch, size = cache["pos"].shape[-2:]
+    slot = _cache_slots(positions, size)
     rows = jnp.arange(batch)[:, None]
+    pos = positions.astype(jnp.int32)
+    if cache["pos"].ndim == 3:  # stacked over layers: one scatter for the whole stack, in place when donated
+        pos = jnp.broadcast_to(pos, (cache["pos"].shape[0], *pos.shape))
+        at = (slice(None), rows, slot)
+    else:
+        at = (rows, slot)
     return {
-        "k": cache["k"].at[rows, slot].set(k.astype(cache["k"].dtype), mode="drop"),
-        "v": cache["v"].at[rows, slot].set(v.astype(cache["v"].dtype), mode="drop"),
-        "pos": cache["pos"].at[rows, slot].set(positions.astype(jnp.int32), mode="drop"),
+        "k": cache["k"].at[at].set(k.astype(cache["k"].dtype), mode="drop"),
+        "v": cache["v"].at[at].set(v.astype(cache["v"].dtype), mode="drop"),
+        "pos": cache["pos"].at[at].set(pos, mode="drop"),
     }
 
 
@@ -279,6 +351,7 @@ class Attention(nn.Module):
     """
 
     config: TransformerConfig
+    return_new_kv: bool = False  # with a cache: return only the new {"k", "v"} (the stack scatters them)
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, cache: Cache | None = None):
@@ -299,12 +372,13 @@ class Attention(nn.Module):
 
         if cache is None:
             out = attend(q, k, v, positions, positions, backend=cfg.attention_backend,
-                         sliding_window=cfg.sliding_window)
+                         sliding_window=cfg.sliding_window, causal_block=cfg.causal_block)
             new_cache = None
         else:
-            k_all, v_all, kv_pos = cache_context(cache, k, v, positions)
-            out = attend(q, k_all, v_all, positions, kv_pos, backend="dot", sliding_window=cfg.sliding_window)
-            new_cache = update_cache(cache, k, v, positions)
+            out = _cached_attention(q, cache, k, v, positions, cfg.sliding_window)
+            # The stack writes every layer's new keys with one scatter into the stacked cache; a lone layer
+            # returns its updated cache.
+            new_cache = {"k": k, "v": v} if self.return_new_kv else update_cache(cache, k, v, positions)
         out = constrain(out, BATCH_LEN_HEADS)
         out_axes = ("heads", "head_dim", "embed")
         out_proj = Projection((x.shape[-1],), out_axes, num_contract=2, dtype=dtype, name="out")

@@ -6,7 +6,7 @@ Load balance (Switch / GShard): ``aux = E * sum_i f_i * P_i`` with ``f_i`` the f
 assignments that went to expert i and ``P_i`` the mean router probability of expert i. It is 1 for uniform
 routing and grows with imbalance; the caller multiplies it by ``MoeConfig.aux_loss_weight``.
 
-Two dispatch implementations (``MoeConfig.dispatch``), equal when nothing is dropped:
+Three dispatch implementations (``MoeConfig.dispatch``), equal when nothing is dropped:
   * ``onehot``: GShard dispatch/combine einsums with a fixed capacity per expert and *group*; the group is
     one batch row, so a row's output never depends on the other rows (the serving engine promises batch
     invariance) and one decode token per row can never overflow. Capacity is
@@ -14,6 +14,9 @@ Two dispatch implementations (``MoeConfig.dispatch``), equal when nothing is dro
     the padding at the end of a training window is dropped first.
   * ``sort``: dropless. The ``N * k`` assignments are sorted by expert and run through
     ``jax.lax.ragged_dot`` with per-expert group sizes, then unsorted and combined.
+  * ``alltoall``: expert parallelism. Each device ranks its own tokens' assignments by destination shard,
+    exchanges them with an all-to-all over the ``expert`` mesh axis inside ``shard_map``, and runs its local
+    experts on fixed capacity buffers (``layers/moe_ep.py``). This is the one that scales to 256 experts.
 
 Shared expert: a SwiGLU of width ``expert_mlp_dim`` (the routed experts' width; ``mlp_dim`` when
 ``expert_mlp_dim`` is 0) applied to every token and added to the routed output (DeepSeek-MoE style).
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 
 from interaction_jax.config import TransformerConfig
 from interaction_jax.layers.mlp import MLP
+from interaction_jax.layers.moe_ep import ep_dispatch
 from interaction_jax.layers.partitioning import to_dtype, with_axes
 
 
@@ -157,6 +161,8 @@ class MoE(nn.Module):
         x = jnp.asarray(x, dtype)
         if moe.dispatch == "onehot":
             y = onehot_dispatch(x, weights, experts, params, capacity(t, k, e, moe.capacity_factor))
+        elif moe.dispatch == "alltoall":
+            y = ep_dispatch(x, weights, experts, params, capacity_factor=moe.capacity_factor)
         elif moe.dispatch == "sort":
             y = sort_dispatch(x.reshape(b * t, d), weights.reshape(b * t, k), experts.reshape(b * t, k), params)
             y = y.reshape(b, t, d)

@@ -3,7 +3,8 @@
 ``Transformer(config)(x, positions, cache=None) -> (y, new_cache | None, aux_loss)``:
   * ``x [B, T, D]`` is cast to ``config.dtype``; params are fp32 and cast at use.
   * ``cache`` is the stacked cache from ``init_cache`` (leading axis L); with ``scan_layers`` each layer's
-    slice is a scanned input and the new slices are scanned outputs, so the stacked pytree round-trips.
+    slice is a scanned input (read only); the layers return just the new tokens' keys/values and one scatter
+    writes them into the stacked cache, so a decode step never copies the cache it does not change.
   * ``aux_loss`` is the MoE load-balance loss *summed* over layers (fp32; 0 for dense FFNs), so each MoE
     layer is pushed towards balance with the same weight regardless of depth.
 
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from interaction_jax.config import TransformerConfig
-from interaction_jax.layers.attention import Attention, Cache
+from interaction_jax.layers.attention import Attention, Cache, update_cache
 from interaction_jax.layers.mlp import MLP
 from interaction_jax.layers.moe import MoE
 from interaction_jax.layers.norms import RMSNorm
@@ -52,7 +53,7 @@ class Block(nn.Module):
         dtype = to_dtype(cfg.dtype)
         x = constrain(x, BATCH_LEN_EMBED)
         h = RMSNorm(cfg.norm_eps, dtype, name="attn_norm")(x)
-        h, new_cache = Attention(cfg, name="attn")(h, positions, cache)
+        h, new_cache = Attention(cfg, return_new_kv=True, name="attn")(h, positions, cache)
         x = x + h
         h = RMSNorm(cfg.norm_eps, dtype, name="ffn_norm")(x)
         if cfg.moe.num_experts > 0:
@@ -90,9 +91,10 @@ class Transformer(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, 0),
                 length=cfg.num_layers,
+                unroll=cfg.scan_unroll,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, (new_cache, aux) = stack(cfg, name="layers")(x, positions, cache)
+            x, (new_kv, aux) = stack(cfg, name="layers")(x, positions, cache)
             aux = jnp.sum(aux)
         else:
             new_layers, aux = [], jnp.zeros((), jnp.float32)
@@ -101,6 +103,9 @@ class Transformer(nn.Module):
                 x, (layer_new, layer_aux) = block(cfg, name=f"layers_{i}")(x, positions, layer_cache)
                 new_layers.append(layer_new)
                 aux = aux + layer_aux
-            new_cache = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_layers)
+            new_kv = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_layers)
+        # Only the new tokens' keys/values leave the layers; one scatter writes them into the stacked cache
+        # (in place when the caller donates it), instead of every layer re-emitting its whole cache slice.
+        new_cache = None if cache is None else update_cache(cache, new_kv["k"], new_kv["v"], positions)
         y = RMSNorm(cfg.norm_eps, dtype, name="final_norm")(x)
         return y, new_cache, aux

@@ -256,14 +256,13 @@ class DelegateTracker:
 
 def load_params(checkpoint_dir: str, config: Config | None = None) -> tuple[Config, Any]:
     """Params of the latest checkpoint in a training workdir (or its ``checkpoints`` folder), unsharded."""
-    from pathlib import Path
-
     from interaction_jax import sharding
     from interaction_jax.checkpoint import Checkpointer, CheckpointError, load_run_config
     from interaction_jax.config import MeshConfig
+    from interaction_jax.paths import as_path
     from interaction_jax.train import Trainer
 
-    path = Path(checkpoint_dir)
+    path = as_path(checkpoint_dir)  # local or gs://
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
     if not path.is_dir():
@@ -271,5 +270,5 @@ def load_params(checkpoint_dir: str, config: Config | None = None) -> tuple[Conf
     config = config or load_run_config(path)
     mesh = sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1])
     trainer = Trainer(dataclasses.replace(config, mesh=MeshConfig(data=1)), mesh)
-    _, state = Checkpointer(path, async_save=False).restore(trainer.abstract_state)
+    _, state = Checkpointer(str(path), async_save=False).restore(trainer.abstract_state)
     return config, nn.unbox(state.params)

@@ -41,6 +41,26 @@ def test_gqa_dot_matches_naive_repeated_kv(window):
     np.testing.assert_allclose(out, _naive_mha(q, k, v, q_pos, kv_pos, window), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("window,block", [(0, 4), (5, 4), (0, 3), (7, 5)])
+def test_causal_block_skipping_equals_dense_dot_and_its_gradient(window, block):
+    """The training path skips future key blocks; values and gradients must equal the dense masked softmax."""
+    rng = np.random.default_rng(1)
+    q = jnp.asarray(rng.normal(size=(2, 13, 4, 8)), jnp.float32)
+    k, v = jnp.asarray(rng.normal(size=(2, 2, 13, 2, 8)), jnp.float32)
+    pos = jnp.broadcast_to(jnp.arange(13, dtype=jnp.int32), (2, 13)).at[1, 11:].set(-1)  # padded tail
+
+    def loss(q, k, v, causal_block):
+        out = attend(q, k, v, pos, pos, backend="dot", sliding_window=window, causal_block=causal_block)
+        return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
+
+    (_, dense), g_dense = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, 0)
+    (_, blocked), g_blocked = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, block)
+    np.testing.assert_allclose(blocked, dense, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dense, _naive_mha(*map(np.asarray, (q, k, v, pos, pos)), window), rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_blocked, g_dense, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_query_without_visible_keys_outputs_zero_not_nan():
     q = jnp.ones((1, 2, 2, 4))
     k = v = jnp.ones((1, 3, 1, 4))

@@ -43,7 +43,7 @@ def test_sharded_forward_matches_unsharded(devices, make_cfg, make_params, fast_
         sharded = jax.device_put(params, shardings)
         fn = fast_jit(lambda p, x: model.apply({"params": p}, x, pos))
         y, _, aux = fn(sharded, x)
-    assert y.sharding.spec[0] == ("data", "fsdp")  # act_batch resolved to the batch axes
+    assert {"data", "fsdp"} <= set(y.sharding.spec[0])  # act_batch resolved to the batch axes
     assert sharded["layers"]["attn"]["query"]["kernel"].addressable_shards[0].data.shape[1] == cfg.d_model // 4
     np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(aux, ref_aux, rtol=1e-5)

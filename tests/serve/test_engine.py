@@ -15,13 +15,10 @@ from interaction_jax.config import load_config
 from interaction_jax.model import InteractionModel, Sampling
 from interaction_jax.serve.engine import DelegateTracker, Engine, SessionEnded, TextInQueue
 from interaction_jax.text import tokenizer
+from tests.small import small_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = [
-    "model.transformer.d_model=64", "model.transformer.num_layers=2", "model.transformer.num_heads=2",
-    "model.transformer.num_kv_heads=1", "model.transformer.head_dim=32", "model.transformer.mlp_dim=128",
-    "model.flow_head.width=64", "model.flow_head.depth=1", "model.pad_multiple=1",
-]
+SMALL = small_overrides(2)
 SAMPLING = Sampling(temperature=0.9, top_k=50)
 
 

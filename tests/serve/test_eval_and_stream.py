@@ -16,13 +16,10 @@ from interaction_jax.evals.run import HELD_OUT_SEED, evaluate, json_safe, run_ta
 from interaction_jax.serve.engine import load_params
 from interaction_jax.text import tokenizer
 from interaction_jax.train import Trainer
+from tests.small import small_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = [
-    "model.transformer.d_model=64", "model.transformer.num_layers=1", "model.transformer.num_heads=2",
-    "model.transformer.num_kv_heads=1", "model.transformer.head_dim=32", "model.transformer.mlp_dim=128",
-    "model.flow_head.width=64", "model.flow_head.depth=1", "model.pad_multiple=1", "model.max_chunks=200",
-]
+SMALL = small_overrides(1, "model.max_chunks=200")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,10 @@ from interaction_jax import model as model_lib
 from interaction_jax.config import load_config
 from interaction_jax.serve.file_mode import stream_file
 from interaction_jax.serve.server import AUDIO, Server, serve
+from tests.small import small_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = [
-    "model.transformer.d_model=64", "model.transformer.num_layers=1", "model.transformer.num_heads=2",
-    "model.transformer.num_kv_heads=1", "model.transformer.head_dim=32", "model.transformer.mlp_dim=128",
-    "model.flow_head.width=64", "model.flow_head.depth=1", "model.pad_multiple=1", "model.max_chunks=16",
-]
+SMALL = small_overrides(1, "model.max_chunks=16")
 CHUNKS = 3
 
 
