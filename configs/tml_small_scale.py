@@ -14,30 +14,30 @@ Expected: ~274B total / ~12B active parameters; `aot` fits with >= 10% headroom;
 1.5x of the analytic 6 N_active tokens + attention.
 """
 
+import dataclasses
+from pathlib import Path
+
 from interaction_jax.config import (
-    AudioConfig,
     Config,
     DataConfig,
     FlowHeadConfig,
     MeshConfig,
     ModelConfig,
     MoeConfig,
-    TextConfig,
     TrainConfig,
     TransformerConfig,
-    VisionConfig,
+    load_config,
 )
 
 
 def get_config() -> Config:
+    base = load_config(Path(__file__).with_name("tpu_v5e_1b.py"))  # same audio / vision / text layout
     moe = MoeConfig(num_experts=256, top_k=6, expert_mlp_dim=1184, shared_expert=True, dispatch="alltoall",
                     capacity_factor=1.25)
-    return Config(
+    return dataclasses.replace(
+        base,
         name="tml_small_scale",
         topology="v5p:8x8x8",
-        audio=AudioConfig(frames_per_token=2),
-        vision=VisionConfig(height=240, width=320),
-        text=TextConfig(text_in_slots=8, text_out_slots=4),
         model=ModelConfig(
             transformer=TransformerConfig(
                 d_model=6144, num_layers=48, num_heads=48, num_kv_heads=8, head_dim=128, mlp_dim=1184,

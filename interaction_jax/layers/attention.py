@@ -77,18 +77,22 @@ def attention_mask(q_positions: jax.Array, kv_positions: jax.Array, sliding_wind
     return mask
 
 
+def _masked_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax over the last axis restricted to ``mask``, in one pass: a query with no valid key gets exp(0)
+    everywhere from the shift, so its row is zeroed by a per-row factor that fuses into the normalisation
+    (no second pass over ``[T, S]``)."""
+    masked = jnp.where(mask, logits, _NEG)
+    shifted = jnp.exp(masked - jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True)))
+    return shifted * (jnp.any(mask, axis=-1, keepdims=True) / jnp.sum(shifted, axis=-1, keepdims=True))
+
+
 def _dot_attention(q, k, v, q_positions, kv_positions, sliding_window: int) -> jax.Array:
     b, t, h, d = q.shape
     hkv = k.shape[2]
     qg = q.reshape(b, t, hkv, h // hkv, d)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(d)
     mask = attention_mask(q_positions, kv_positions, sliding_window)[:, None, None]  # [B, 1, 1, T, S]
-    # One masked softmax pass: a query with no valid key gets exp(0) everywhere from the shift, so its
-    # row is zeroed by a per-row factor that fuses into the normalisation (no second pass over [T, S]).
-    masked = jnp.where(mask, logits, _NEG)
-    shifted = jnp.exp(masked - jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True)))
-    row_valid = jnp.any(mask, axis=-1, keepdims=True)
-    probs = shifted * (row_valid / jnp.sum(shifted, axis=-1, keepdims=True))
+    probs = _masked_softmax(logits, mask)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
     return out.reshape(b, t, h, d)
 
@@ -275,10 +279,7 @@ def _cached_attention(q, cache: Cache, k, v, positions, sliding_window: int) -> 
         jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32),
     ], axis=-1) * scale
     kv_pos = jnp.concatenate([old_pos, positions.astype(jnp.int32)], axis=1)
-    mask = attention_mask(positions, kv_pos, sliding_window)[:, None, None]
-    masked = jnp.where(mask, logits, _NEG)
-    shifted = jnp.exp(masked - jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True)))
-    probs = shifted * (jnp.any(mask, axis=-1, keepdims=True) / jnp.sum(shifted, axis=-1, keepdims=True))
+    probs = _masked_softmax(logits, attention_mask(positions, kv_pos, sliding_window)[:, None, None])
     c = k_old.shape[1]
     out = (jnp.einsum("bkgts,bskd->btkgd", probs[..., :c].astype(v.dtype), v_old,
                       preferred_element_type=jnp.float32)
