@@ -159,6 +159,10 @@ class DataConfig:
     batch_size: int = 8  # global batch
     seed: int = 0
     num_workers: int = 0  # grain mp_prefetch workers; 0 = in-process
+    # In-process read-ahead. grain's defaults (16 threads, 500 batches) make a 2-core host spend its first
+    # minutes synthesising batches nobody needs yet, starving tracing, compilation and checkpoint writes.
+    read_threads: int = 2
+    prefetch_batches: int = 4
     echo: bool = True
 
 

@@ -235,13 +235,14 @@ def make_dataset(
 def make_iterator(config: Config, *, process_index: int = 0, process_count: int = 1,
                   seed_offset: int = 0) -> grain.DatasetIterator:
     ds = make_dataset(config, process_index=process_index, process_count=process_count, seed_offset=seed_offset)
-    it_ds = ds.to_iter_dataset()
-    if config.data.num_workers > 0:
+    d = config.data
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.prefetch_batches))
+    if d.num_workers > 0:
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we are not an absl app
             flags.FLAGS.mark_as_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
     return iter(it_ds)
 
 

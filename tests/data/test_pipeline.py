@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,20 @@ def assert_batches_equal(a, b):
         assert x.keys() == y.keys()
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_read_ahead_is_bounded(monkeypatch):
+    """The in-process iterator must not synthesise far ahead of the trainer (grain's default read-ahead of
+    500 batches kept a 2-core host busy for minutes, starving compilation and checkpoint writes)."""
+    made = []
+    original = pipeline.ToWindow.__call__
+    monkeypatch.setattr(pipeline.ToWindow, "__call__", lambda self, i, ep: made.append(i) or original(self, i, ep))
+    c = cfg(read_threads=2, prefetch_batches=2)
+    it = pipeline.make_iterator(c)
+    take(it, 1)
+    time.sleep(3.0)  # time enough for an unbounded read-ahead to make dozens of windows
+    # one consumed batch + the buffer + what the threads hold in flight, in windows
+    assert len(made) <= (1 + 2 + 2) * c.data.batch_size, len(made)
 
 
 def test_batches_match_the_model_contract():
