@@ -165,6 +165,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_aot(args: argparse.Namespace) -> int:
     from interaction_jax import aot
 
+    if args.table:
+        print(aot.summary_table(aot.load_reports(args.table)))
+        return 0
+    if not args.config:
+        raise aot.ReportError("aot needs --config (or --table REPORT.json ... to summarise earlier runs)")
     result = aot.run(_load(args), args.topology, args.num_slices, correct_flops=not args.no_flops_correction,
                      serve_slots=args.serve_slots)
     print(aot.format_result(result))
@@ -275,10 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     p = sub.add_parser("aot", help="compile the train step for a TPU topology on CPU; check it fits HBM")
-    _add_config_args(p)
+    _add_config_args(p, required=False)
+    p.add_argument("--table", nargs="+", metavar="REPORT.json", help="print the markdown table of earlier --json "
+                   "reports and exit (no compile)")
     p.add_argument("--topology", default=None, help="e.g. v5e:4x4, v5p:4x4x4 (default: the config's own)")
     p.add_argument("--num-slices", type=int, default=1, help="multi-slice: data axis over DCN")
-    p.add_argument("--no-flops-correction", action="store_true", help="skip the 2-layer scan correction")
+    p.add_argument("--no-flops-correction", action="store_true",
+                   help="skip the scan FLOP correction (one compile fewer)")
     p.add_argument("--serve-slots", type=int, default=1,
                    help="also compile the serving micro-turn with this many sessions per batch shard (0 = skip)")
     p.add_argument("--json", help="write the report here")
@@ -313,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Errors caused by the user's input: print one clear line instead of a traceback.
 USER_ERRORS = (
     "ConfigError", "DoesNotFit", "CheckpointError", "EpisodeError", "SessionEnded", "AudioInputError", "InputError",
-    "MetricsError",
+    "MetricsError", "ReportError",
 )
 
 

@@ -10,6 +10,8 @@ this module:
   with the capacity libtpu reports (v5e 15.75 GiB, v6e 31.25 GiB, v5p 95.74 GiB).
 * ``cost_analysis()`` counts a scanned layer body once. We compile the same model again with two layers per
   scan iteration (``scan_unroll=2``): ``body = F_unroll2 - F_scan``, then ``total = F_scan + (L - 1) * body``.
+  It also counts XLA:TPU's windowed-einsum (collective matmul) loops once, so when the program has them the
+  two counting compiles are made with that rewrite switched off (one compile more).
 """
 
 from __future__ import annotations
@@ -55,14 +57,23 @@ def hbm_capacity(topology: str) -> int:
     return perf.TPU_HBM_BYTES[gen]
 
 
-def _compile_train(config: Config, devices: list[Any]):
+# XLA:TPU rewrites large all-gather + matmul (and matmul + reduce-scatter) pairs into "windowed einsum"
+# loops (collective matmul). cost_analysis counts those loop bodies once too, so a program that has them
+# undercounts every fsdp-sharded matmul (measured: 0.60x analytic on tpu_v5e_1b). The FLOP-count compiles
+# switch the rewrite off; the memory figures always come from the program as it would run.
+WINDOWED_EINSUM_MARK = "windowed_dot_general"
+NO_WINDOWED_EINSUM = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                      "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
+
+def _compile_train(config: Config, devices: list[Any], compiler_options: dict[str, Any] | None = None):
     from interaction_jax.train import Trainer
 
     mesh = sharding.make_mesh(config.mesh, devices)
     trainer = Trainer(config, mesh)
     with trainer.activate():
         lowered = trainer.step_fn.lower(trainer.abstract_state, trainer.batch_spec)
-        return lowered.compile()
+        return lowered.compile(compiler_options)
 
 
 def _compile_serve(config: Config, devices: list[Any], slots: int):
@@ -157,29 +168,39 @@ def run(config: Config, topology: str | None = None, num_slices: int = 1, *, cor
     try:
         compiled = _compile_train(config, devices)
     except Exception as e:  # libtpu's out-of-memory and similar refusals
-        msg = str(e)
-        raise DoesNotFit(f"libtpu refused to compile {config.name} for {topology}: {msg[:600]}\n" + _knobs()) from e
+        raise DoesNotFit(
+            f"libtpu refused to compile {config.name} for {topology}: {str(e)[:600]}\n" + _knobs(config)) from e
     compile_s = time.perf_counter() - start
     mem = memory(compiled)
+    hlo = compiled.as_text() or ""
+    windowed = WINDOWED_EINSUM_MARK in hlo
     raw = _flops(compiled)
     layers = config.model.transformer.num_layers
     per_device = raw
-    if correct_flops and config.model.transformer.scan_layers and layers > 1:
+    scanned = config.model.transformer.scan_layers and layers > 1  # cost_analysis sees one layer of L
+    options = None
+    if correct_flops and windowed:
+        log("[aot] the program uses windowed-einsum loops (counted once by cost_analysis); compiling the step "
+            "without them for the FLOP count...")
+        options = NO_WINDOWED_EINSUM
+        raw = _flops(_compile_train(config, devices, options))
+        per_device = raw
+    if correct_flops and scanned:
         # The same L-layer program with two layers per loop iteration: the loop body now holds 2 layers and
         # is still counted once, so the difference is exactly one layer (forward + backward, remat and all).
         # (Comparing with a 2-layer *unrolled* model instead undercounts: XLA drops the remat recomputation
-        # there, so that "layer" has no recompute; measured 0.60x analytic on tpu_v5e_1b.)
+        # there, so that "layer" has no recompute.)
         log("[aot] correcting FLOPs for scan: compiling the same step with 2 layers per loop iteration...")
-        f_unroll2 = _flops(_compile_train(replace_transformer(config, scan_unroll=2), devices))
+        f_unroll2 = _flops(_compile_train(replace_transformer(config, scan_unroll=2), devices, options))
         extra_visible = 1 + layers % 2  # an odd L leaves one layer outside the loop, visible once more
         per_device = raw + (layers - 1) * (f_unroll2 - raw) / extra_visible
+    corrected = correct_flops or not (scanned or windowed)
     rep = flops.report(config)
     tokens = flops.tokens_per_step(config)
     n_dev = len(devices)
     total_flops = per_device * n_dev
     peak = perf.TPU_PEAK_FLOPS[topology.split(":")[0].lower()]
     step_s = total_flops / (peak * n_dev)
-    hlo = compiled.as_text() or ""
     result = {
         "config": config.name,
         "topology": topology,
@@ -193,12 +214,14 @@ def run(config: Config, topology: str | None = None, num_slices: int = 1, *, cor
         "fits": mem["need"] <= capacity,
         "flops_per_step": total_flops,
         "flops_per_step_raw": raw * n_dev,
+        "flops_corrected": corrected,
         "analytic_flops_per_step": rep["flops_per_token"] * tokens,
         "tokens_per_step": tokens,
         "params_total": rep["total"],
         "params_active": rep["active"],
         "attention_kernel": config.model.transformer.attention_backend,
         "splash_in_hlo": "splash" in hlo.lower(),
+        "windowed_einsum_in_hlo": windowed,
         "mfu_bound_step_s": step_s,
         "tokens_per_s_at_peak": tokens / step_s if step_s else 0.0,
         "compile_s": compile_s,
@@ -232,7 +255,7 @@ def run(config: Config, topology: str | None = None, num_slices: int = 1, *, cor
         result["error"] = (
             f"{config.name} needs {mem['need'] / gib:.2f} GiB per device on {topology} but the chip has "
             f"{capacity / gib:.2f} GiB (over by {(mem['need'] - capacity) / gib:.2f} GiB; temp "
-            f"{mem['temp'] / gib:.2f} GiB, arguments {mem['argument'] / gib:.2f} GiB).\n" + _knobs()
+            f"{mem['temp'] / gib:.2f} GiB, arguments {mem['argument'] / gib:.2f} GiB).\n" + _knobs(config)
         )
     return result
 
@@ -261,7 +284,65 @@ def format_result(r: dict[str, Any]) -> str:
     ])
 
 
-def _knobs() -> str:
-    return ("Knobs, in the order to try: --set model.transformer.remat=full; a larger mesh.fsdp (shards params "
-            "and optimizer state); a smaller data.batch_size or data.window_chunks (activations); "
-            "a bigger topology.")
+class ReportError(ValueError):
+    """An ``aot --json`` report that cannot be read or lacks keys."""
+
+
+REPORT_KEYS = ("config", "topology", "devices", "mesh", "params_total", "params_active", "hbm_bytes_per_device",
+               "hbm_capacity_bytes", "hbm_fraction", "headroom_ok", "flops_per_step", "flops_ratio_vs_analytic",
+               "mfu_bound_step_s", "compile_s")
+
+
+def load_reports(paths: list[str]) -> list[dict[str, Any]]:
+    import json
+    from pathlib import Path
+
+    reports = []
+    for path in paths:
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ReportError(f"cannot read aot report {path}: {e}") from e
+        missing = [k for k in REPORT_KEYS if k not in report] if isinstance(report, dict) else list(REPORT_KEYS)
+        if missing:
+            raise ReportError(f"{path} is not an `aot --json` report (missing {', '.join(missing)})")
+        reports.append(report)
+    return reports
+
+
+def summary_table(results: list[dict[str, Any]]) -> str:
+    """One markdown row per ``aot --json`` report: the table the README and issue notes carry."""
+    gib = 2**30
+    rows = [
+        "| config | topology (chips) | mesh | params total / active | HBM need / capacity per device | 10% headroom "
+        "| corrected FLOPs/step (x analytic) | MFU-bound step | serving step need | train compile, 2-core CPU |",
+        "|---|---|---|---:|---:|:-:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items() if v > 1) or "1 device"
+        slices = f" x{r['num_slices']} slices" if r.get("num_slices", 1) > 1 else ""
+        corrected = r.get("flops_corrected", True)
+        flops = f"{r['flops_per_step']:.3g} ({r['flops_ratio_vs_analytic']:.2f}x)" if corrected else "not corrected"
+        step = f"{r['mfu_bound_step_s']:.3f} s" if corrected else "—"
+        serve = r.get("serve")
+        serve_cell = (f"{serve['hbm_bytes_per_device'] / gib:.1f} GiB ({serve['slots']} sessions x "
+                      f"{serve['cache_chunks']} chunks)" if serve else "not compiled")
+        rows.append(
+            f"| {r['config']} | {r['topology']}{slices} ({r['devices']}) | {mesh} | {r['params_total'] / 1e9:.2f}B / "
+            f"{r['params_active'] / 1e9:.2f}B | {r['hbm_bytes_per_device'] / gib:.1f} / "
+            f"{r['hbm_capacity_bytes'] / gib:.2f} GiB ({100 * r['hbm_fraction']:.0f}%) | "
+            f"{'yes' if r['headroom_ok'] else '**no**'} | {flops} | "
+            f"{step} | "
+            f"{serve_cell} | {r['compile_s']:.0f} s |"
+        )
+    return "\n".join(rows)
+
+
+def _knobs(config: Config) -> str:
+    """What to turn, in the order to try; a knob already at its memory-saving end is not suggested."""
+    knobs = []
+    if config.model.transformer.remat != "full":
+        knobs.append(f"--set model.transformer.remat=full (now {config.model.transformer.remat})")
+    knobs += ["a larger mesh.fsdp (shards params and optimizer state)",
+              "a smaller data.batch_size or data.window_chunks (activations)", "a bigger topology"]
+    return "Knobs, in the order to try: " + "; ".join(knobs) + "."

@@ -46,6 +46,28 @@ def test_tiny_compiles_for_two_v5e_slices_train_and_serve_and_fits(tmp_path):
     # splash attention is a custom call XLA does not count, hence the loose lower bound
     assert 1.3 * rep["flops_per_step_raw"] < rep["flops_per_step"]
     assert 0.6 < rep["flops_ratio_vs_analytic"] < 1.5, rep["flops_ratio_vs_analytic"]
+    assert rep["flops_corrected"] is True
+    # the README's table is printed from such reports
+    table = aot("--table", str(out), timeout=120)
+    assert table.returncode == 0, table.stderr[-2000:]
+    row = table.stdout.strip().splitlines()[-1]
+    assert row.startswith("| tiny | v5e:2x2 x2 slices (8) | data 4 |"), row  # data 4 per slice
+    assert f"({rep['flops_ratio_vs_analytic']:.2f}x)" in row and "8 sessions x" in row
+
+
+def test_aot_table_rejects_files_that_are_not_reports(tmp_path, capsys):
+    from interaction_jax.__main__ import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["aot", "--table", str(bad)]) == 2
+    assert "cannot read aot report" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text('{"config": "tiny"}')
+    assert main(["aot", "--table", str(other)]) == 2
+    assert "missing topology" in capsys.readouterr().err
+    assert main(["aot"]) == 2
+    assert "aot needs --config" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu not installed (pip install 'interaction_jax[tpu]')")
