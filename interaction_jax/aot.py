@@ -327,14 +327,14 @@ def summary_table(results: list[dict[str, Any]]) -> str:
         serve = r.get("serve")
         serve_cell = (f"{serve['hbm_bytes_per_device'] / gib:.1f} GiB ({serve['slots']} sessions x "
                       f"{serve['cache_chunks']} chunks)" if serve else "not compiled")
-        rows.append(
-            f"| {r['config']} | {r['topology']}{slices} ({r['devices']}) | {mesh} | {r['params_total'] / 1e9:.2f}B / "
-            f"{r['params_active'] / 1e9:.2f}B | {r['hbm_bytes_per_device'] / gib:.1f} / "
-            f"{r['hbm_capacity_bytes'] / gib:.2f} GiB ({100 * r['hbm_fraction']:.0f}%) | "
-            f"{'yes' if r['headroom_ok'] else '**no**'} | {flops} | "
-            f"{step} | "
-            f"{serve_cell} | {r['compile_s']:.0f} s |"
-        )
+        cells = [
+            r["config"], f"{r['topology']}{slices} ({r['devices']})", mesh,
+            f"{r['params_total'] / 1e9:.2f}B / {r['params_active'] / 1e9:.2f}B",
+            f"{r['hbm_bytes_per_device'] / gib:.1f} / {r['hbm_capacity_bytes'] / gib:.2f} GiB "
+            f"({100 * r['hbm_fraction']:.0f}%)",
+            "yes" if r["headroom_ok"] else "**no**", flops, step, serve_cell, f"{r['compile_s']:.0f} s",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
