@@ -33,8 +33,15 @@ def ensure_venv(extras: str) -> None:
         print(f"[dev] creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     print(f"[dev] installing interaction_jax[{extras}] into {VENV} (first run takes a few minutes)", flush=True)
-    subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "-e", f".[{extras}]"], cwd=ROOT)
+    # pip's own chatter (index warnings, build-backend notices) goes to a log, shown only if the install fails.
+    log = VENV / "install.log"
+    with open(log, "w") as f:
+        for cmd in (["install", "--upgrade", "pip"], ["install", "-e", f".[{extras}]"]):
+            rc = subprocess.call([str(PY), "-m", "pip", *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+            if rc:
+                sys.stdout.write(log.read_text()[-6000:])
+                sys.exit(f"[dev] pip {' '.join(cmd)} failed (exit {rc}); full log: {log}")
+    print(f"[dev] installed (log: {log})", flush=True)
     for old in VENV.glob(".stamp-*"):
         old.unlink()
     stamp.touch()

@@ -67,18 +67,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(config, params, workdir, tasks, episodes, json_path=None) -> int:
+def _evaluate(config, params, workdir, tasks, episodes, json_path=None, *, source="model", oracle_noise=0.0,
+              teacher_forced=False) -> int:
     from flax import linen as nn
 
     from interaction_jax.evals.run import evaluate, json_safe, markdown
     from interaction_jax.paths import Mirror, as_path
 
-    # WAVs and PNGs are written by local-file libraries: stage them, then copy to a gs:// workdir.
-    mirror = Mirror(as_path(workdir) / "eval", seed_names=())
-    results = evaluate(config, nn.unbox(params), tuple(tasks), episodes, mirror.local)
-    mirror.close()
-    print(markdown(results))
-    print(f"[eval] wrote {as_path(workdir) / 'eval'}/results.md, results.json, example WAVs and mel PNGs")
+    if teacher_forced:
+        from interaction_jax.evals import teacher_forced as tf
+
+        results = tf.teacher_forced(config, nn.unbox(params), tuple(tasks), episodes)
+        print(tf.markdown(results))
+    else:
+        # WAVs and PNGs are written by local-file libraries: stage them, then copy to a gs:// workdir.
+        name = "eval" if source == "model" else "eval_oracle"
+        mirror = Mirror(as_path(workdir) / name, seed_names=())
+        results = evaluate(config, nn.unbox(params), tuple(tasks), episodes, mirror.local, source=source,
+                           oracle_noise=oracle_noise)
+        mirror.close()
+        print(markdown(results))
+        print(f"[eval] wrote {as_path(workdir) / name}/results.md, results.json, example WAVs and mel PNGs")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(json_safe(results), indent=2) + "\n")
@@ -86,11 +95,33 @@ def _evaluate(config, params, workdir, tasks, episodes, json_path=None) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from interaction_jax.data import synthetic
     from interaction_jax.serve.engine import load_params
 
-    config, params = load_params(args.checkpoint)
+    if args.oracle and args.teacher_forced:
+        raise synthetic.TaskError("--oracle scores the targets themselves; it cannot be --teacher-forced too")
+    if args.oracle_noise and not args.oracle:
+        raise synthetic.TaskError("--oracle-noise needs --oracle")
+    if args.oracle_noise < 0:
+        raise synthetic.TaskError(f"--oracle-noise must be >= 0, got {args.oracle_noise}")
+    if args.episodes < 1:
+        raise synthetic.TaskError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.oracle and not args.checkpoint:
+        from interaction_jax.config import load_config
+
+        config, params = load_config(args.config or _TINY, args.set), None
+    elif not args.checkpoint:
+        raise synthetic.TaskError("eval needs --checkpoint (or --oracle, which needs no model)")
+    else:
+        config, params = load_params(args.checkpoint)
     tasks = config.data.tasks if args.task == "all" else tuple(args.task.split(","))
-    return _evaluate(config, params, args.out or args.checkpoint, tasks, args.episodes, args.json)
+    unknown = [t for t in tasks if t not in synthetic.TASKS]
+    if unknown:
+        raise synthetic.TaskError(f"unknown task(s) {unknown}; available: {', '.join(synthetic.TASKS)}")
+    out = args.out or args.checkpoint or "runs/oracle"
+    return _evaluate(config, params, out, tasks, args.episodes, args.json,
+                     source="oracle" if args.oracle else "model", oracle_noise=args.oracle_noise,
+                     teacher_forced=args.teacher_forced)
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
@@ -103,7 +134,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
         from interaction_jax.evals.run import run_task
 
-        res = run_task(config, nn.unbox(params), args.task, 1, seed=args.seed)
+        # Row by row: bit-identical to the same episode inside `eval` run with row_invariant=True.
+        res = run_task(config, nn.unbox(params), args.task, 1, seed=args.seed, row_invariant=True)
         print(json.dumps({"task": args.task, "seed": args.seed, **res["per_episode"][0]}, indent=2))
         if args.out:
             import soundfile as sf
@@ -129,6 +161,16 @@ def cmd_stream(args: argparse.Namespace) -> int:
     transcript = Path(args.out).with_suffix(".json")
     transcript.write_text(json.dumps([{"time": t, "text": x} for t, x in res["transcript"]], indent=2) + "\n")
     print(f"[stream] wrote {args.out} and {transcript}; mean RTF {res['rtf_mean']:.3f}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from interaction_jax.checkpoint import export_params
+    from interaction_jax.serve.engine import load_params
+
+    config, params = load_params(args.checkpoint)
+    path = export_params(params, config, args.out, args.dtype)
+    print(f"[export] wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) and {Path(args.out) / 'config.json'}")
     return 0
 
 
@@ -229,7 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="free-running interactivity evaluation of a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="training workdir or its checkpoints/ folder")
+    p.add_argument("--checkpoint", help="training workdir or its checkpoints/ folder")
+    p.add_argument("--oracle", action="store_true", help="score the episodes' own target mel through the same "
+                   "vocoder and scorers (the ceiling; needs no checkpoint)")
+    p.add_argument("--oracle-noise", type=float, default=0.0, help="with --oracle: add Gaussian noise of this std "
+                   "(normalised mel units) to the targets")
+    p.add_argument("--teacher-forced", action="store_true", help="per-task teacher-forced metrics: word accuracy, "
+                   "EPAD timing error, flow loss on voiced vs silent blocks")
+    p.add_argument("--config", default=None, help="with --oracle and no checkpoint: config (default tiny)")
+    p.add_argument("--set", action="append", default=[], metavar="A.B=C")
     p.add_argument("--task", default="all", help="task name, comma list, or all")
     p.add_argument("--episodes", type=int, default=8, help="held-out episodes per task")
     p.add_argument("--out", default=None, help="output directory (default: the checkpoint workdir)")
@@ -246,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="stream a synthetic episode of this task and print its score")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("export", help="params-only model folder (params.npz + config.json) for stream/eval/serve")
+    p.add_argument("--checkpoint", required=True, help="training workdir or its checkpoints/ folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="WebSocket server (protocol in interaction_jax/serve/server.py)")
     p.add_argument("--checkpoint", required=True)
@@ -318,10 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
+
 # Errors caused by the user's input: print one clear line instead of a traceback.
 USER_ERRORS = (
-    "ConfigError", "DoesNotFit", "CheckpointError", "EpisodeError", "SessionEnded", "AudioInputError", "InputError",
-    "MetricsError", "ReportError",
+    "TaskError", "ConfigError", "DoesNotFit", "CheckpointError", "EpisodeError", "SessionEnded", "AudioInputError",
+    "InputError", "MetricsError", "ReportError",
 )
 
 

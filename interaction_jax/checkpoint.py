@@ -149,3 +149,49 @@ def load_run_config(directory: str | Path) -> Config:
 def config_differences(a: Config, b: Config, prefix: str = "model.") -> list[str]:
     fa, fb = flatten(a), flatten(b)
     return [f"{k}: {fa[k]} vs {fb[k]}" for k in fa if k.startswith(prefix) and fa[k] != fb.get(k)]
+
+
+# ------------------------------------------------------------------------------------------ exported models
+
+EXPORT_FILE = "params.npz"
+
+
+def export_params(params: Any, config: Config, out_dir: str | Path, dtype: str = "float16") -> Path:
+    """Write ``params.npz`` (one array per parameter path, ``dtype``) and ``config.json`` to ``out_dir``.
+
+    The export is what a user needs to run a model, without optimizer state or orbax: a 7M-parameter tiny
+    model is 14 MB in float16 instead of ~85 MB for the full train state. ``load_exported`` reads it back
+    (as float32), and ``stream`` / ``eval`` / ``serve --checkpoint`` accept the folder.
+    """
+    if dtype not in ("float16", "float32"):
+        raise CheckpointError(f"export dtype must be float16 or float32, got {dtype!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = {"/".join(_key_name(k) for k in path): np.asarray(v).astype(dtype)
+            for path, v in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]}
+    np.savez(out / EXPORT_FILE, **flat)
+    (out / "config.json").write_text(dumps(config) + "\n")
+    return out / EXPORT_FILE
+
+
+def _key_name(key: Any) -> str:
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
+def load_exported(directory: str | Path) -> tuple[Config, Any]:
+    """``(config, float32 params)`` of an ``export_params`` folder."""
+    directory = Path(directory)
+    config = load_run_config(directory)
+    try:
+        with np.load(directory / EXPORT_FILE) as data:
+            flat = {k: data[k].astype(np.float32) for k in data.files}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{directory / EXPORT_FILE}: not a readable params export ({e})") from None
+    params: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = params
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config, params

@@ -42,8 +42,6 @@ class AudioConfig:
     dmel_max: float = 2.0
     chunk_samples: int = 3200  # 200 ms
     frames_per_token: int = 4  # k: mel frames grouped into one AUDIO_IN / AUDIO_OUT token
-    mel_norm_offset: float = 2.5  # output mel is normalised (x + offset) / scale
-    mel_norm_scale: float = 4.5
     griffin_lim_iters: int = 32
     griffin_lim_momentum: float = 0.99
 
@@ -77,7 +75,11 @@ class TextConfig:
     vocab_size: int = 264  # 256 bytes + 8 specials (see text/tokenizer.py)
     text_in_slots: int = 2
     text_out_slots: int = 2
-    pad_weight: float = 0.5  # loss weight of PAD and EPAD targets (Moshi-style)
+    # Text-out loss weights by target kind. PAD is ~90% of targets and mostly trivial; EPAD carries the timing
+    # (when to speak) and words the content, so both get full weight.
+    pad_weight: float = 0.25
+    epad_weight: float = 1.0
+    word_weight: float = 1.0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -130,6 +132,8 @@ class FlowHeadConfig:
 
     width: int = 256
     depth: int = 3
+    prediction: Literal["x", "velocity"] = "x"  # x: full-rank for any width (flow_head.py); velocity: width >= k*80
+    min_one_minus_t: float = 0.05  # x-prediction: v = (x̂ - x_t) / max(1 - t, this)
     noise_multiplier: int = 4  # noise samples per condition in the CFM loss
     sample_steps: int = 8
     cfg_dropout: float = 0.1  # probability the condition is replaced by the learned null condition
@@ -141,6 +145,9 @@ class ModelConfig:
     transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
     flow_head: FlowHeadConfig = dataclasses.field(default_factory=FlowHeadConfig)
     flow_loss_weight: float = 1.0
+    mel_feedback_dropout: float = 0.25  # training: fed-back mel blocks replaced by silence (see model.__call__)
+    tie_text_embeddings: bool = False  # text-out logits from the text input table (see model.text_logits)
+    silent_mel_weight: float = 0.25  # flow loss weight of silent target blocks (voiced ones weigh 1; ~8% are voiced)
     max_chunks: int = 600  # longest context (chunks) a session or window may hold: 600 = 120 s
     pad_multiple: int = 128  # training sequences are padded to this (cuDNN / splash tiles); padding is masked
 
@@ -153,9 +160,11 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     tasks: tuple[str, ...] = ("repeat", "timespeak", "cuespeak", "repcount", "interrupt")
+    task_weights: tuple[float, ...] = ()  # sampling weight per task (empty = uniform)
+    pack: bool = True  # synthetic: fill each window with back-to-back tasks (no zero-weight padding chunks)
     voice: str = "dtmf"
     shards: str = ""  # glob of ArrayRecord shards; empty = generate episodes on the fly
-    window_chunks: int = 48  # chunks per training window (48 x 200 ms = 9.6 s)
+    window_chunks: int = 40  # chunks per training window (40 x 200 ms = 8 s: the longest synthetic episode)
     batch_size: int = 8  # global batch
     seed: int = 0
     num_workers: int = 0  # grain mp_prefetch workers; 0 = in-process

@@ -69,7 +69,7 @@ def report(config: Config, params: Any | None = None) -> dict[str, Any]:
         stem = 64 * 75 * q + 16 * 4 * q * q + 4 * 4 * q * q + 4 * q * d
     n_eff = {
         "transformer": float(transformer - routed + routed_active),
-        "unembed": components.get("unembed", 0) * lay.num_text_out / s,
+        "unembed": config.text.vocab_size * d * lay.num_text_out / s,  # tied or not, the same matmul
         "flow_head": components.get("flow_head", 0) * lay.num_audio / s * config.model.flow_head.noise_multiplier,
         "mel_in": components.get("mel_in", 0) * lay.num_audio / s,
         "dmel_onehot": lay.mel_block * config.audio.dmel_bins * d * lay.num_audio / s,

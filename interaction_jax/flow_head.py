@@ -6,6 +6,13 @@ MLP, Pocket-TTS style), so the model can express a whole distribution of mel blo
 instead of regressing to their blurry mean.
 
 - Rectified flow, σ_min = 0: x_t = (1 − t)·x0 + t·x1, target velocity x1 − x0, t ~ U(0, 1).
+- **x-prediction** (default, ``prediction="x"``): the network outputs the clean block x̂1 and the velocity
+  is derived, v = (x̂1 − x_t) / (1 − t). The x_t term is an identity skip, so the field is full-rank by
+  construction even when the MLP is narrower than its output (tiny: width 256, 4×80 = 320 values). A
+  velocity-predicting MLP that narrow cannot see or cancel ``out_dim − width`` noise directions: that put
+  a floor of 64/320 = 0.2 under tiny's CFM loss and left σ ≈ 0.47 of noise on sampled silence.
+  ``prediction="velocity"`` (the plain MAR head) is kept for ablations and needs ``width ≥ out_dim``.
+  The loss stays the velocity MSE (x-prediction, v-loss); 1 − t is floored at ``min_one_minus_t``.
 - Each condition is paired with ``noise_multiplier`` independent (x0, t) draws: the head is cheap next to
   the transformer, so extra noise samples lower the loss variance almost for free.
 - Conditioning is adaLN: the time embedding plus the projected condition produce per-block shift / scale /
@@ -82,6 +89,18 @@ class _AdaLNBlock(nn.Module):
         return x + gate * h.astype(jnp.float32)
 
 
+def check_full_rank(config: FlowHeadConfig, out_dim: int) -> None:
+    """Refuse a head that cannot represent its own output (a velocity head narrower than the block)."""
+    if config.prediction == "velocity" and config.width < out_dim:
+        raise ValueError(
+            f"flow head: prediction='velocity' with width={config.width} < out_dim={out_dim} is rank-deficient "
+            f"({out_dim - config.width} noise directions can never be cancelled); use prediction='x' or "
+            f"width >= {out_dim}"
+        )
+    if config.prediction not in ("x", "velocity"):
+        raise ValueError(f"flow head: unknown prediction {config.prediction!r}; use 'x' or 'velocity'")
+
+
 class FlowHead(nn.Module):
     """Velocity field v(x_t, t | cond) for ``out_dim``-dim targets (k·80 mel values), conditioned on any width.
 
@@ -96,6 +115,7 @@ class FlowHead(nn.Module):
     time_freq_dim: int = 256
 
     def setup(self) -> None:
+        check_full_rank(self.config, self.out_dim)
         width = self.config.width
         self.input_proj = _dense(width, self.dtype, "input_proj")
         self.time_in = _dense(width, self.dtype, "time_in")
@@ -130,7 +150,12 @@ class FlowHead(nn.Module):
             x = block(x, c_act)
         shift, scale = jnp.split(self.final_adaln(c_act).astype(jnp.float32), 2, axis=-1)
         x = _plain_norm(x) * (1.0 + scale) + shift
-        return self.output(x.astype(self.dtype)).astype(jnp.float32)
+        out = self.output(x.astype(self.dtype)).astype(jnp.float32)
+        if self.config.prediction == "velocity":
+            return out
+        # x-prediction: out is the clean block; the identity path through x_t makes the field full-rank.
+        one_minus_t = jnp.maximum(1.0 - t, self.config.min_one_minus_t)[..., None]
+        return (out - x_t.astype(jnp.float32)) / one_minus_t
 
     def loss(
         self,
@@ -140,12 +165,14 @@ class FlowHead(nn.Module):
         weights: jax.Array | None = None,
         *,
         train: bool = True,
+        per_row: bool = False,
     ) -> jax.Array:
         """Rectified-flow CFM loss, a fp32 scalar: sum(w · mse) / max(sum(w), 1) over the rows of ``cond``.
 
         cond [..., C], target [..., out_dim], weights [...] (a per-row loss mask; default all ones). The
         per-row mse is averaged over out_dim and over the ``noise_multiplier`` (x0, t) draws. With ``train``
-        the condition is swapped for ``null_cond`` with probability ``cfg_dropout`` per draw.
+        the condition is swapped for ``null_cond`` with probability ``cfg_dropout`` per draw. ``per_row``
+        returns the unweighted per-row mse [n] instead (for per-kind metrics and custom weighting).
         """
         lead = cond.shape[:-1]
         if target.shape != (*lead, self.out_dim):
@@ -170,6 +197,8 @@ class FlowHead(nn.Module):
         x_t = (1.0 - t[:, None]) * x0 + t[:, None] * x1
         pred = self.velocity(x_t, t, cond)
         mse = jnp.mean(jnp.square(pred - (x1 - x0)), axis=-1).reshape(n, reps).mean(axis=1)
+        if per_row:
+            return mse
         w = jnp.ones((n,), jnp.float32) if weights is None else weights.reshape(n).astype(jnp.float32)
         return jnp.sum(w * mse) / jnp.maximum(jnp.sum(w), 1.0)
 
@@ -287,11 +316,13 @@ def loss(
     out_dim: int,
     weights: jax.Array | None = None,
     train: bool = True,
+    per_row: bool = False,
     dtype: Dtype = jnp.float32,
 ) -> jax.Array:
     """Pure ``FlowHead.loss``; differentiable in ``params`` and ``cond``."""
     head = FlowHead(config, out_dim, dtype)
-    return head.apply({"params": params}, cond, target, rng, weights, train=train, method=FlowHead.loss)
+    return head.apply({"params": params}, cond, target, rng, weights, train=train, per_row=per_row,
+                      method=FlowHead.loss)
 
 
 def sample(

@@ -181,7 +181,8 @@ class MetricsWriter:
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
         for k, v in metrics.items():
-            self.tb.add_scalar(k, v, step)
+            if v == v:  # NaN (e.g. the latency of a model that stayed silent) stays out of TensorBoard
+                self.tb.add_scalar(k, v, step)
 
     def sync(self) -> None:
         if self.enabled:
@@ -261,6 +262,11 @@ def train(config: Config, workdir: str | Path, *, max_steps: int | None = None, 
                 history.append({"step": step, **m})
                 progress(step, m)
                 t_last, steps_since = time.perf_counter(), 0
+            if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
+                m = periodic_eval(config, state.params, quiet=quiet or not lead)
+                writer.write(step, m)
+                history.append({"step": step, **m})
+                t_last, steps_since = time.perf_counter(), 0  # eval time is not step time
             if step % config.train.checkpoint_every == 0:
                 ckpt.save(step, state, data_iter)
                 writer.sync()
@@ -278,6 +284,31 @@ def train(config: Config, workdir: str | Path, *, max_steps: int | None = None, 
         progress(None, None)
         signal.signal(signal.SIGTERM, previous)
     return {"step": step, "state": state, "history": history, "preempted": stop["signal"] is not None}
+
+
+def periodic_eval(config: Config, params: Any, *, quiet: bool = False) -> dict[str, float]:
+    """Free-running scores and teacher-forced metrics of every training task, as flat ``eval/...`` and
+    ``tf/...`` keys for metrics.jsonl and TensorBoard (the per-task curves of ``curves``)."""
+    from interaction_jax.data.synthetic.scoring import HEADLINE
+    from interaction_jax.evals.run import evaluate
+    from interaction_jax.evals.teacher_forced import teacher_forced
+
+    if jax.process_count() > 1:  # the eval engine runs on one host's devices
+        return {}
+    t0 = time.perf_counter()
+    p = nn.unbox(params)
+    tasks, n = config.data.tasks, config.train.eval_episodes
+    free = evaluate(config, p, tasks, n, progress=False)
+    forced = teacher_forced(config, p, tasks, n)
+    out = {f"eval/{t}/{k}": float(v) for t, ms in free.items() for k, v in ms.items() if k != "episodes"}
+    out |= {f"tf/{t}/{k}": float(v) for t, ms in forced.items() for k, v in ms.items() if k != "episodes"}
+    out["eval_time_s"] = time.perf_counter() - t0
+    if not quiet:
+        scores = " ".join(f"{t} {free[t][HEADLINE[t]]:.2f}" for t in tasks if t in HEADLINE)
+        words = " ".join(f"{t} {forced[t]['word_acc']:.2f}" for t in tasks)
+        print(f"\n[eval] free-running {scores} | teacher-forced word acc {words} ({out['eval_time_s']:.0f} s)",
+              flush=True)
+    return out
 
 
 def _log(lead: bool, quiet: bool, msg: str) -> None:

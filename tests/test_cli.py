@@ -71,6 +71,21 @@ def test_curves_plots_metrics_and_rejects_bad_files(tmp_path, capsys):
     from interaction_jax.evals.curves import read_metrics
 
     assert [r["loss"] for r in read_metrics(run)] == [3.0, 9.0, 1.0]
+    # periodic evals log their own rows at a train step: merged, and drawn as per-task score panels
+    evals = [{"step": s, "eval/repeat/content": s / 4, "eval/repeat/latency_s": 0.3, "tf/repeat/word_acc": s / 3}
+             for s in (2, 3)]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("\n".join(json.dumps(r) for r in evals) + "\n")
+    merged = read_metrics(run)
+    assert merged[1]["loss"] == 9.0 and merged[1]["eval/repeat/content"] == 0.5
+    from interaction_jax.evals.curves import task_series
+
+    assert task_series(merged, "eval")["eval/repeat/content"] == ([2, 3], [0.5, 0.75])
+    wide = tmp_path / "wide.png"
+    assert main(["curves", str(run), "--out", str(wide)]) == 0
+    from PIL import Image
+
+    assert Image.open(wide).size[0] > Image.open(out).size[0]  # two more panels
     (run / "metrics.jsonl").write_text('{"step": 1}\n{not json\n')
     assert main(["curves", str(run), "--out", str(out)]) == 2
     assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err

@@ -192,3 +192,18 @@ def test_grad_accumulation_matches_big_batch(devices):
     diff = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), s_big.params, s_small.params)
     assert max(jax.tree.leaves(diff)) < 1e-5
     assert float(jnp.max(jnp.abs(nn.unbox(s_big.params)["tick_embed"]))) > 0
+
+
+def test_periodic_eval_logs_per_task_curves(tmp_path, devices):
+    """train.eval_every: free-running scores and teacher-forced metrics per task land in metrics.jsonl."""
+    from interaction_jax.train import train
+
+    config = small_config("train.steps=2", "train.eval_every=1", "train.eval_episodes=1", "mesh.data=1",
+                          "data.tasks=repeat,interrupt", "data.batch_size=1", "train.checkpoint_every=100")
+    result = train(config, tmp_path, quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/repeat/content" in r]
+    assert [r["step"] for r in evals] == [1]  # not at the last step: the final evaluation covers that
+    assert {"eval/interrupt/yield_rate", "tf/repeat/word_acc", "tf/interrupt/epad_timing_err_chunks",
+            "eval_time_s"} <= set(evals[0])
+    assert result["step"] == 2

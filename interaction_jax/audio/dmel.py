@@ -277,16 +277,63 @@ def undiscretize(bins: jax.Array, config: AudioConfig | None = None) -> jax.Arra
     return c.dmel_min + jnp.asarray(bins).astype(jnp.float32) * _bin_step(c)
 
 
-def normalize_mel(x: jax.Array, config: AudioConfig | None = None) -> jax.Array:
-    """Output log-mel -> roughly zero-mean unit-range targets for the flow head: ``(x + 2.5) / 4.5``."""
-    c = _cfg(config)
-    return (x + c.mel_norm_offset) / c.mel_norm_scale
+@functools.lru_cache(maxsize=8)
+def _mel_range_cached(c: AudioConfig) -> tuple[np.ndarray, np.ndarray]:
+    fb = mel_filterbank(c).astype(np.float64)
+    # Digital silence: every FFT bin sits at the magnitude floor sqrt(log_floor), so channel c reads
+    # log10(sqrt(floor) * sum_k fb[k, c]). Slaney-normalised bands have different sums: the floor is a vector.
+    floor = np.log10(np.maximum(np.sqrt(c.log_floor) * fb.sum(axis=0), c.log_floor))
+    # Full scale: the loudest any clean signal reads in channel c is a unit-amplitude sine at the frequency
+    # the channel weighs most (probed on a fine grid around each band's peak).
+    t = np.arange(c.n_fft * 2) / c.sample_rate
+    fft_hz = np.fft.rfftfreq(c.n_fft, 1.0 / c.sample_rate)
+    peaks = fft_hz[np.argmax(fb, axis=0)]
+    step = c.sample_rate / c.n_fft
+    ceiling = np.full(c.n_mels, -np.inf)
+    for offset in np.linspace(-step, step, 9):
+        waves = np.sin(2 * np.pi * (peaks + offset)[:, None] * t[None, :]).astype(np.float32)
+        mel = log_mel_numpy(waves, center=False, config=c)  # [n_mels, frames, n_mels]
+        ceiling = np.maximum(ceiling, mel[np.arange(c.n_mels), :, np.arange(c.n_mels)].max(axis=1))
+    floor, ceiling = floor.astype(np.float32), ceiling.astype(np.float32)
+    floor.flags.writeable = ceiling.flags.writeable = False
+    return floor, ceiling
 
 
-def denormalize_mel(x: jax.Array, config: AudioConfig | None = None) -> jax.Array:
-    """Inverse of ``normalize_mel``: ``x * 4.5 - 2.5``."""
-    c = _cfg(config)
-    return x * c.mel_norm_scale - c.mel_norm_offset
+def mel_range(config: AudioConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(floor, ceiling)`` of log10-mel: digital silence and a full-scale sine (float32 [n_mels]).
+
+    These two vectors define the output normalisation, so the constants the model uses are derived from
+    the front-end rather than chosen: silence is exactly -1 in every channel (``SILENCE_MEL``), a 0 dBFS
+    tone is +1, and clipping generated blocks to [-1, 1] can never produce a sound louder than full scale.
+    """
+    return _mel_range_cached(_cfg(config))
+
+
+SILENCE_MEL = -1.0  # normalised digital silence, by construction of ``normalize_mel`` (every channel)
+FULL_SCALE_MEL = 1.0  # normalised full-scale sine; generated blocks are clipped to [SILENCE_MEL, FULL_SCALE_MEL]
+
+
+def normalize_mel(x, config: AudioConfig | None = None):
+    """log10-mel ``[..., n_mels]`` -> flow-head targets in [-1, 1]: per-channel affine map of [floor, ceiling].
+
+    Values are clipped to the range first (the floor is already the minimum any input can produce). Works
+    on numpy (data workers) and jax arrays alike.
+    """
+    floor, ceiling = mel_range(config)
+    xp = jnp if isinstance(x, jax.Array) else np
+    x = xp.clip(x, floor, ceiling)
+    return (2.0 * (x - floor) / (ceiling - floor) - 1.0).astype(xp.float32)
+
+
+def denormalize_mel(x, config: AudioConfig | None = None):
+    """Inverse of ``normalize_mel`` (for values in [-1, 1]): normalised blocks -> log10-mel for the vocoder."""
+    floor, ceiling = mel_range(config)
+    return (0.5 * (x + 1.0) * (ceiling - floor) + floor).astype(jnp.float32 if isinstance(x, jax.Array) else np.float32)
+
+
+def silence_log_mel(config: AudioConfig | None = None) -> np.ndarray:
+    """log10-mel of digital silence per channel (float32 [n_mels]): what ``denormalize_mel(-1)`` returns."""
+    return mel_range(config)[0]
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -28,9 +28,11 @@ from interaction_jax import paths
 from interaction_jax.audio import dmel
 from interaction_jax.config import Config
 from interaction_jax.data.episode import Episode, read_record, shard_len
+from interaction_jax.data.synthetic.tasks import MIN_TEXT_RATE
 from interaction_jax.layout import Layout
 from interaction_jax.text import tokenizer
 
+KIND_PAD, KIND_EPAD, KIND_WORD = 0, 1, 2  # text-out target kinds (the loss weighs them separately)
 STREAM_PAD_LEFT = 712  # see audio/dmel.py: streaming frame m == centre-less frame of the left-padded wave
 STREAM_PAD_RIGHT = 112
 
@@ -39,22 +41,28 @@ STREAM_PAD_RIGHT = 112
 
 
 def text_out_stream(words: list[tuple[float, str]], num_chunks: int, slots: int, chunk_s: float = 0.2):
-    """Flat [num_chunks * slots] target ids and weights-kind mask (True = word token) from word onsets."""
+    """Flat [num_chunks * slots] target ids and token kinds (``KIND_PAD/EPAD/WORD``) from word onsets.
+
+    A word whose onset falls in interval n+1 is described by chunk n: EPAD in chunk n's first free slot,
+    then the word's bytes (spilling into the next chunks if they do not fit). Nothing is ever placed before
+    chunk n, so no timing token precedes the chunk in which its cause could be heard (the old layout put
+    EPAD in the last slot of chunk n-1, before the reply could be known).
+    """
     ids = np.full(num_chunks * slots, tokenizer.PAD, np.int32)
-    is_word = np.zeros(num_chunks * slots, bool)
+    kind = np.full(num_chunks * slots, KIND_PAD, np.int8)
     cursor = 0
     for onset, text in sorted(words):
         toks = tokenizer.encode(text)
         chunk = max(int(np.floor(onset / chunk_s + 1e-9)) - 1, 0)  # interval n+1 is described by chunk n
-        start = max(chunk * slots, cursor + 1)
-        if start - 1 >= ids.size:
+        start = max(chunk * slots, cursor)
+        if start >= ids.size:
             break
-        ids[start - 1] = tokenizer.EPAD
-        end = min(start + len(toks), ids.size)
-        ids[start:end] = toks[: end - start]
-        is_word[start:end] = True
+        ids[start], kind[start] = tokenizer.EPAD, KIND_EPAD
+        end = min(start + 1 + len(toks), ids.size)
+        ids[start + 1 : end] = toks[: end - start - 1]
+        kind[start + 1 : end] = KIND_WORD
         cursor = end
-    return ids, is_word
+    return ids, kind
 
 
 def text_in_stream(events: list[tuple[float, str]], num_chunks: int, slots: int, chunk_s: float = 0.2):
@@ -76,6 +84,16 @@ def _pad_to(wave: np.ndarray, length: int) -> np.ndarray:
     return np.pad(wave[:length], (0, max(0, length - wave.size)))
 
 
+def check_layout(config: Config) -> None:
+    """The synthetic tasks assume what their causality rules need from the slot layout (tasks.py)."""
+    t = config.text
+    if t.text_out_slots < 2:
+        raise ValueError(f"text.text_out_slots={t.text_out_slots}: need >= 2 (EPAD and a symbol in one chunk)")
+    if t.text_in_slots < MIN_TEXT_RATE:
+        raise ValueError(f"text.text_in_slots={t.text_in_slots}: the synthetic tasks time replies for typed text "
+                         f"delivered at >= {MIN_TEXT_RATE} bytes per chunk")
+
+
 def episode_arrays(ep: Episode, config: Config) -> dict[str, np.ndarray]:
     """One Episode -> per-chunk arrays [N, ...] in the model's batch contract (no batch axis)."""
     a, lay = config.audio, Layout.from_config(config.audio, config.vision, config.text)
@@ -87,13 +105,13 @@ def episode_arrays(ep: Episode, config: Config) -> dict[str, np.ndarray]:
     )
     mel_in = dmel.log_mel_numpy(stream_in, center=False, config=a)[: n * a.frames_per_chunk]
     mel_model = dmel.log_mel_numpy(model, center=True, config=a)[: (n + 1) * a.frames_per_chunk]
-    mel_model = dmel.normalize_mel(np.clip(mel_model, a.dmel_min, a.dmel_max))
-    ids, is_word = text_out_stream(ep.model_words, n, lay.num_text_out)
+    mel_model = dmel.normalize_mel(mel_model, a)
+    ids, _ = text_out_stream(ep.model_words, n, lay.num_text_out)
     out = {
         "audio_in": dmel.discretize_numpy(mel_in, a).reshape(n, a.frames_per_chunk, a.n_mels),
         "text_in": text_in_stream(ep.user_text, n, lay.num_text_in),
         "text_out": ids.reshape(n, lay.num_text_out),
-        "text_out_weight": np.where(is_word, 1.0, config.text.pad_weight).astype(np.float32).reshape(n, -1),
+        "text_out_weight": np.ones((n, lay.num_text_out), np.float32),
         "mel_out": np.asarray(mel_model, np.float32).reshape(n + 1, a.frames_per_chunk, a.n_mels)[1:],
         "mel_out_weight": (np.arange(n) < n - 1).astype(np.float32),
     }
@@ -135,16 +153,24 @@ def crop_window(arrays: dict[str, np.ndarray], start: int, length: int) -> dict[
 
 
 class SyntheticSource:
-    """Episode ``i`` = task ``tasks[h(seed, i) % T]`` generated from seed ``h(seed, i)``: infinite, exact."""
+    """Example ``i`` generated from seed ``h(seed, i)``: infinite and exact.
+
+    With ``window_chunks`` > 0 each example is a ``synthetic.stream`` of random tasks (drawn with
+    ``weights``) at least one window long, so windows are packed with tasks instead of padding; otherwise
+    example ``i`` is one episode of task ``tasks[h % T]``.
+    """
 
     def __init__(self, tasks: tuple[str, ...], seed: int, voice: str = "dtmf", echo: bool = True,
-                 length: int = 2**31 - 1):
+                 length: int = 2**31 - 1, window_chunks: int = 0, weights: tuple[float, ...] = ()):
         from interaction_jax.data import synthetic
 
         unknown = [t for t in tasks if t not in synthetic.TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; available: {', '.join(synthetic.TASKS)}")
+        if weights and len(weights) != len(tasks):
+            raise ValueError(f"data.task_weights has {len(weights)} entries for {len(tasks)} tasks {list(tasks)}")
         self.tasks, self.seed, self.voice, self.echo, self.length = tasks, seed, voice, echo, length
+        self.window_chunks, self.weights = window_chunks, tuple(weights) or None
 
     def __len__(self) -> int:
         return self.length
@@ -154,8 +180,11 @@ class SyntheticSource:
 
     def __getitem__(self, index: int) -> Episode:
         from interaction_jax.data import synthetic
+        from interaction_jax.data.synthetic.tasks import stream
 
         s = self.episode_seed(index)
+        if self.window_chunks:
+            return stream(s, self.tasks, self.window_chunks, self.voice, self.echo, self.weights)
         task = self.tasks[s % len(self.tasks)]
         return synthetic.generate(task, s, voice=self.voice, echo=self.echo)
 
@@ -188,7 +217,7 @@ class ToWindow:
         arrays = episode_arrays(ep, self.config)
         n, w = ep.num_chunks, self.config.data.window_chunks
         start = 0
-        if n > w:
+        if n > w and ep.labels.get("task") != "stream":  # a packed stream starts fresh, as a session does
             start = int(np.random.default_rng([self.config.data.seed, index, 7]).integers(0, n - w + 1))
         return crop_window(arrays, start, w)
 
@@ -225,7 +254,10 @@ def make_dataset(
     if d.shards:
         episodes = grain.MapDataset.source(ShardSource(d.shards)).shuffle(seed=d.seed + seed_offset).repeat(None)
     else:
-        episodes = grain.MapDataset.source(SyntheticSource(d.tasks, d.seed + seed_offset, d.voice, d.echo))
+        check_layout(config)
+        episodes = grain.MapDataset.source(SyntheticSource(
+            d.tasks, d.seed + seed_offset, d.voice, d.echo, window_chunks=d.window_chunks if d.pack else 0,
+            weights=d.task_weights))
     windows = episodes.map_with_index(ToWindow(config))  # index = global example index
     local = d.batch_size // process_count
     rows = grain.MapDataset.range(2**40).map(LocalRows(windows, process_index, process_count, local))

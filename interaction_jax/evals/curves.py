@@ -39,24 +39,52 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise MetricsError(f"{path}:{n}: not a JSON line ({e.msg})") from e
-        if "step" in row:
-            rows[int(row["step"])] = row
+        if "step" in row:  # eval rows share the step of a train row: merge them
+            rows.setdefault(int(row["step"]), {}).update(row)
     if not rows:
         raise MetricsError(f"{path} holds no logged steps")
     return [rows[s] for s in sorted(rows)]
 
 
+def task_series(rows: list[dict[str, Any]], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
+    """``{"eval/repeat/content": (steps, values), ...}`` for the keys of ``prefix`` (eval or tf)."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith(prefix + "/") and isinstance(v, int | float):
+                steps, vals = out.setdefault(k, ([], []))
+                steps.append(int(r["step"]))
+                vals.append(float("nan") if v is None else float(v))
+    return out
+
+
 def plot(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> Path:
+    """Loss panels, plus (when the run logged periodic evals) free-running task scores and teacher-forced
+    word accuracy per task over training."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
-    steps = [r["step"] for r in rows]
-    for ax, (key, label) in zip(axes, PANELS, strict=True):
-        ax.plot(steps, [r.get(key, float("nan")) for r in rows])
+    from interaction_jax.data.synthetic.scoring import HEADLINE
+
+    train_rows = [r for r in rows if "loss" in r]
+    free = {k: v for k, v in task_series(rows, "eval").items() if k.split("/")[-1] == HEADLINE.get(k.split("/")[1])}
+    forced = {k: v for k, v in task_series(rows, "tf").items() if k.endswith("/word_acc")}
+    panels = len(PANELS) + bool(free) + bool(forced)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2))
+    steps = [r["step"] for r in train_rows]
+    for ax, (key, label) in zip(axes, PANELS, strict=False):
+        ax.plot(steps, [r.get(key, float("nan")) for r in train_rows])
         ax.set_title(label, fontsize=9)
+    extra = [("free-running task score (held out)", free), ("teacher-forced word accuracy per task", forced)]
+    for ax, (label, series) in zip(axes[len(PANELS):], [e for e in extra if e[1]], strict=True):
+        for key, (s, v) in sorted(series.items()):
+            ax.plot(s, v, marker="o", ms=3, label=f"{key.split('/')[1]} {key.split('/')[2]}")
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize=7)
+        ax.set_title(label, fontsize=9)
+    for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     if title:

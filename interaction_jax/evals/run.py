@@ -6,6 +6,15 @@ and its audio-out comes from the flow head; both feed back autoregressively (nev
 echo of the *generated* voice is mixed into the microphone with the episode's own gain and delay. The
 vocoded output is scored by the task scorers (DTMF decoding: no ASR).
 
+``source="oracle"`` (``eval --oracle``) skips the model: each episode's own target mel (optionally plus
+Gaussian noise of ``oracle_noise``, in normalised units) goes through the same streaming Griffin-Lim and
+the same scorers, with the target text as the transcript. It is the ceiling of every score, and with noise
+it shows how much output noise the vocoder and scorers tolerate.
+
+Sessions are decoded together (the fast batched path). A session's outputs never depend on what the other
+rows hold; ``row_invariant=True`` decodes row by row so that they are also bit-identical across different
+numbers of sessions (``stream --task`` uses it to reproduce one episode of an eval exactly).
+
 Metrics (``eval --json``) are ``{task: {metric: value}}``; rates are fractions in [0, 1]:
 repeat.content, repeat.latency_s, timespeak.on_time, cuespeak.on_time, repcount.mae, repcount.obo,
 interrupt.yield_rate, interrupt.yield_latency_s (see data/synthetic/scoring.py for each definition).
@@ -48,21 +57,48 @@ def text_events(tokens: np.ndarray, chunk_s: float = 0.2) -> list[tuple[float, s
     return events
 
 
+def cache_chunks_for(config: Config, n_chunks: int) -> int:
+    """KV cache length for an eval batch: the training window, or whole windows of it for longer episodes.
+
+    It depends only on the episode length (not on which episodes share the batch), so one compiled program
+    serves every task, and the same episode gets the same cache in ``eval`` and ``stream --task``.
+    """
+    w = max(config.data.window_chunks, 1)
+    return min(max(w, -(-n_chunks // w) * w), max(config.model.max_chunks, n_chunks))
+
+
 def run_task(config: Config, params: Any, task: str, num_episodes: int, *, seed: int = HELD_OUT_SEED,
-             sampling: Sampling = Sampling(), progress: bool = True) -> dict[str, Any]:
+             sampling: Sampling = Sampling(), progress: bool = True, source: str = "model",
+             oracle_noise: float = 0.0, row_invariant: bool = False) -> dict[str, Any]:
     """Free-run ``num_episodes`` held-out episodes of ``task``; returns per-episode metrics and the audio."""
     from interaction_jax.data import synthetic
+
+    if source not in ("model", "oracle"):
+        raise ValueError(f"source must be 'model' or 'oracle', got {source!r}")
+    if num_episodes < 1:
+        raise ValueError(f"need at least 1 episode per task, got {num_episodes}")
+    episodes = [synthetic.generate(task, seed + i, voice=config.data.voice, echo=config.data.echo)
+                for i in range(num_episodes)]
+    runner = _oracle if source == "oracle" else _free_run
+    res = runner(config, params, task, episodes, seed=seed, sampling=sampling, progress=progress,
+                 oracle_noise=oracle_noise, row_invariant=row_invariant)
+    per_episode = []
+    for i, ep in enumerate(episodes):
+        wave = res["generated"][i, : ep.model_audio.size]
+        per_episode.append(synthetic.score(ep.labels, wave, text_events(res["tokens"][i, : ep.num_chunks])))
+    return {**res, "metrics": synthetic.aggregate(per_episode), "per_episode": per_episode, "episodes": episodes}
+
+
+def _free_run(config, params, task, episodes, *, seed, sampling, progress, row_invariant, **_):
     from interaction_jax.data.pipeline import episode_arrays, text_in_stream
     from interaction_jax.data.synthetic.tasks import mix_echo, user_dry_audio
     from interaction_jax.serve.engine import Engine
 
-    episodes = [synthetic.generate(task, seed + i, voice=config.data.voice, echo=config.data.echo)
-                for i in range(num_episodes)]
+    num_episodes = len(episodes)
     a = config.audio
     n_chunks = max(ep.num_chunks for ep in episodes)
-    # The cache length is the config's, not the episodes': the same episode then gives bit-identical
-    # results here, in `stream --task` and in a server session, whatever else shares the batch.
-    engine = Engine(config, params, batch_slots=num_episodes, sampling=sampling, row_invariant=True)
+    engine = Engine(config, params, batch_slots=num_episodes, sampling=sampling, row_invariant=row_invariant,
+                    cache_chunks=cache_chunks_for(config, n_chunks))
     state = engine.reset(engine.init_state(), np.ones(num_episodes, bool), np.arange(num_episodes) + seed)
     total = (n_chunks + 1) * a.chunk_samples
     dry = np.stack([np.pad(user_dry_audio(ep), (0, total - ep.user_audio.size))[:total] for ep in episodes])
@@ -93,28 +129,49 @@ def run_task(config: Config, params: Any, task: str, num_episodes: int, *, seed:
             print(f"\r[eval] {task}: chunk {n + 1}/{n_chunks} (rtf {out['rtf']:.3f})", end="", flush=True)
     if progress:
         print(flush=True)
-    per_episode = []
-    for i, ep in enumerate(episodes):
-        wave = generated[i, : ep.model_audio.size]
-        per_episode.append(synthetic.score(ep.labels, wave, text_events(tokens[i, : ep.num_chunks])))
-    return {
-        "metrics": synthetic.aggregate(per_episode),
-        "per_episode": per_episode,
-        "episodes": episodes,
-        "generated": generated,
-        "mel": mel,
-        "target_mel": [arr["mel_out"] for arr in arrays],
-        "tokens": tokens,
-        "rtf_mean": float(np.mean(rtfs[1:] or rtfs)),
-    }
+    return {"generated": generated, "mel": mel, "target_mel": [arr["mel_out"] for arr in arrays],
+            "tokens": tokens, "rtf_mean": float(np.mean(rtfs[1:] or rtfs))}
+
+
+def _oracle(config, params, task, episodes, *, seed, oracle_noise, progress, **_):
+    """The episodes' own targets through the engine's vocoder: what a perfect model would be scored."""
+    import jax
+
+    from interaction_jax.audio.dmel import FULL_SCALE_MEL, SILENCE_MEL
+    from interaction_jax.data.pipeline import episode_arrays
+    from interaction_jax.serve.engine import vocode_rows, vocoder_init
+
+    a = config.audio
+    num_episodes, n_chunks = len(episodes), max(ep.num_chunks for ep in episodes)
+    arrays = [episode_arrays(ep, config) for ep in episodes]
+    target = np.full((num_episodes, n_chunks, a.frames_per_chunk, a.n_mels), SILENCE_MEL, np.float32)
+    tokens = np.zeros((num_episodes, n_chunks, arrays[0]["text_out"].shape[-1]), np.int32)
+    for i, arr in enumerate(arrays):
+        target[i, : len(arr["mel_out"])] = arr["mel_out"]
+        tokens[i, : len(arr["text_out"])] = arr["text_out"]
+    noise = np.random.default_rng(seed).standard_normal(target.shape).astype(np.float32) * oracle_noise
+    mel = np.clip(target + noise, SILENCE_MEL, FULL_SCALE_MEL)  # what the engine would feed its vocoder
+    step = jax.jit(lambda st, m: vocode_rows(st, m, a))
+    state = vocoder_init(np.arange(num_episodes) + seed)
+    generated = np.zeros((num_episodes, (n_chunks + 1) * a.chunk_samples), np.float32)
+    for n in range(n_chunks):
+        state, wave = step(state, mel[:, n])
+        generated[:, (n + 1) * a.chunk_samples : (n + 2) * a.chunk_samples] = np.asarray(wave)
+    if progress:
+        print(f"[eval] {task}: oracle (target mel + noise {oracle_noise:g}) through the streaming vocoder",
+              flush=True)
+    return {"generated": generated, "mel": mel, "target_mel": [arr["mel_out"] for arr in arrays],
+            "tokens": tokens, "rtf_mean": float("nan")}
 
 
 def evaluate(config: Config, params: Any, tasks: tuple[str, ...], num_episodes: int, out_dir: Path | None = None,
-             *, sampling: Sampling = Sampling(), progress: bool = True) -> dict[str, dict[str, float]]:
+             *, sampling: Sampling = Sampling(), progress: bool = True, source: str = "model",
+             oracle_noise: float = 0.0) -> dict[str, dict[str, float]]:
     """Run every task; write results.md, results.json, example WAVs and mel PNGs under ``out_dir``."""
     results: dict[str, dict[str, float]] = {}
     for task in tasks:
-        res = run_task(config, params, task, num_episodes, sampling=sampling, progress=progress)
+        res = run_task(config, params, task, num_episodes, sampling=sampling, progress=progress, source=source,
+                       oracle_noise=oracle_noise)
         results[task] = {k: float(v) for k, v in res["metrics"].items()}
         if out_dir is not None:
             write_examples(Path(out_dir), task, res, config)

@@ -87,7 +87,7 @@ class Engine:
             prev_text=jnp.full((b,), tokenizer.BOS, jnp.int32),
             prev_mel=jnp.full((b, self.layout.mel_block), SILENCE_MEL, jnp.float32),
             dmel_state=dmel.stream_init((b,)),
-            vocoder_state=jax.vmap(lambda s: vocoder.griffin_lim_stream_init((), seed=s))(seeds),
+            vocoder_state=vocoder_init(seeds),
             seed=seeds,
         )
 
@@ -155,10 +155,7 @@ class Engine:
                      state.prev_mel, keys)
         blocks = out["mel_blocks"]  # [B, A, k*80] normalised, clipped to [-1, 1]
         mel = blocks.reshape(blocks.shape[0], a.frames_per_chunk, a.n_mels)
-        log_mel = dmel.denormalize_mel(mel)
-        # lax.map: the vocoder is cheap next to the model, and per-row it is batch invariant in both modes.
-        vocoder_state, wave = jax.lax.map(lambda sm: vocoder.griffin_lim_stream_step(*sm),
-                                          (state.vocoder_state, log_mel))
+        vocoder_state, wave = vocode_rows(state.vocoder_state, mel, a)
         new_state = EngineState(
             cache=out["cache"], chunk_index=state.chunk_index + 1, prev_text=out["text_tokens"][:, -1],
             prev_mel=blocks[:, -1], dmel_state=dmel_state, vocoder_state=vocoder_state, seed=state.seed,
@@ -216,6 +213,18 @@ class Engine:
             )
 
 
+def vocoder_init(seeds: jax.Array) -> Any:
+    """Per-session streaming Griffin-Lim states, each keyed by its session's seed alone."""
+    return jax.vmap(lambda s: vocoder.griffin_lim_stream_init((), seed=s))(jnp.asarray(seeds, jnp.uint32))
+
+
+def vocode_rows(vocoder_state: Any, mel: jax.Array, audio: Any) -> tuple[Any, jax.Array]:
+    """Normalised mel chunks [B, 16, 80] -> (state, waves [B, 3200]): the one vocoder path of the engine,
+    the eval and the oracle. ``lax.map`` over rows keeps each row batch-invariant in every mode."""
+    log_mel = dmel.denormalize_mel(mel, audio)
+    return jax.lax.map(lambda sm: vocoder.griffin_lim_stream_step(*sm, config=audio), (vocoder_state, log_mel))
+
+
 @dataclasses.dataclass
 class TextInQueue:
     """Host-side FIFO feeding TEXT_IN: typed text and background-model results, Ti tokens per chunk."""
@@ -257,12 +266,16 @@ class DelegateTracker:
 def load_params(checkpoint_dir: str, config: Config | None = None) -> tuple[Config, Any]:
     """Params of the latest checkpoint in a training workdir (or its ``checkpoints`` folder), unsharded."""
     from interaction_jax import sharding
-    from interaction_jax.checkpoint import Checkpointer, CheckpointError, load_run_config
+    from interaction_jax.checkpoint import EXPORT_FILE, Checkpointer, CheckpointError, load_exported, load_run_config
     from interaction_jax.config import MeshConfig
     from interaction_jax.paths import as_path
     from interaction_jax.train import Trainer
 
     path = as_path(checkpoint_dir)  # local or gs://
+    if (path / EXPORT_FILE).exists():  # a params-only export (`python -m interaction_jax export`)
+        exported_config, params = load_exported(path)
+        _check_exported(config or exported_config, params)
+        return config or exported_config, params
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
     if not path.is_dir():
@@ -272,3 +285,15 @@ def load_params(checkpoint_dir: str, config: Config | None = None) -> tuple[Conf
     trainer = Trainer(dataclasses.replace(config, mesh=MeshConfig(data=1)), mesh)
     _, state = Checkpointer(str(path), async_save=False).restore(trainer.abstract_state)
     return config, nn.unbox(state.params)
+
+
+def _check_exported(config: Config, params: Any) -> None:
+    """An export's arrays must match the model its config describes (a clear error instead of a jit one)."""
+    from interaction_jax import model as model_lib
+    from interaction_jax.checkpoint import CheckpointError
+
+    want = jax.eval_shape(lambda: nn.unbox(model_lib.init(jax.random.key(0), config)))
+    got = jax.tree.map(lambda x: x.shape, params)
+    if jax.tree.structure(want) != jax.tree.structure(got) or any(
+            w.shape != g for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True)):
+        raise CheckpointError("the params export does not match its config.json (different model); re-export it")

@@ -101,7 +101,12 @@ def stream_file(config: Config, params: Any, audio: np.ndarray, *, frames: np.nd
     a = config.audio
     n = -(-audio.size // a.chunk_samples)
     mic = np.pad(audio, (0, n * a.chunk_samples - audio.size))
-    engine = Engine(config, params, batch_slots=1, sampling=sampling, row_invariant=True)
+    from interaction_jax.evals.run import cache_chunks_for
+
+    # A cache as long as the recording (in whole training windows), not the config's maximum: decode cost
+    # grows with the cache. Past model.max_chunks the engine stops with a clear SessionEnded error.
+    cache = min(cache_chunks_for(config, n), config.model.max_chunks)
+    engine = Engine(config, params, batch_slots=1, sampling=sampling, row_invariant=True, cache_chunks=cache)
     state = engine.reset(engine.init_state(), np.ones(1, bool), np.array([seed]))
     text_in = text_in_stream(list(text_events), n, engine.layout.num_text_in)
     out_wave = np.zeros((n + 1) * a.chunk_samples, np.float32)

@@ -143,10 +143,22 @@ def test_discretize_real_log_mel(wave):
     assert len(np.unique(bins)) > 8
 
 
-def test_mel_normalisation_inverts():
-    x = jnp.linspace(-10.0, 3.0, 50)
-    np.testing.assert_allclose(dmel.normalize_mel(jnp.array([-2.5, 2.0])), [0.0, 1.0], atol=1e-6)
-    np.testing.assert_allclose(dmel.denormalize_mel(dmel.normalize_mel(x)), x, atol=1e-5)
+def test_mel_normalisation_is_derived_from_the_front_end():
+    """Silence is -1 and a full-scale sine is +1 in every channel; the map inverts inside that range."""
+    floor, ceiling = dmel.mel_range()
+    silence = np.asarray(dmel.log_mel(np.zeros(4000, np.float32)))
+    np.testing.assert_allclose(silence, np.broadcast_to(floor, silence.shape), atol=1e-5)
+    np.testing.assert_allclose(dmel.normalize_mel(silence), -1.0, atol=1e-5)
+    t = np.arange(8000) / 16000
+    loudest = []
+    for hz in (300.0, 1209.0, 5000.0):
+        mel = dmel.normalize_mel(dmel.log_mel(np.sin(2 * np.pi * hz * t).astype(np.float32)))
+        loudest.append(float(np.max(mel)))
+    assert all(0.97 <= v <= 1.0 for v in loudest), loudest  # a 0 dBFS sine reaches (but never passes) +1
+    x = np.random.default_rng(0).uniform(floor, ceiling, (20, 80)).astype(np.float32)
+    np.testing.assert_allclose(dmel.denormalize_mel(dmel.normalize_mel(x)), x, atol=1e-4)
+    np.testing.assert_allclose(dmel.normalize_mel(jnp.asarray(x)), dmel.normalize_mel(x), atol=1e-6)  # jax == numpy
+    assert float(np.min(dmel.normalize_mel(floor - 5.0))) == -1.0  # clipped into range
 
 
 def test_jit_vmap_grad(wave):

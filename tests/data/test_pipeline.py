@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def cfg(**data):
     base = load_config(ROOT / "configs/tiny.py")
-    return dataclasses.replace(base, data=dataclasses.replace(base.data, batch_size=2, window_chunks=12, **data))
+    data = {"batch_size": 2, "window_chunks": 12, **data}
+    return dataclasses.replace(base, data=dataclasses.replace(base.data, **data))
 
 
 def take(iterator, n):
@@ -59,8 +60,40 @@ def test_batches_match_the_model_contract():
         assert batch[k].shape == s.shape, k
         assert np.dtype(batch[k].dtype) == np.dtype(s.dtype), k
     assert batch["audio_in"].min() >= 0 and batch["audio_in"].max() < 16
-    assert np.isin(batch["text_out_weight"], [0.0, 0.5, 1.0]).all()
+    assert np.isin(batch["text_out_weight"], [0.0, 1.0]).all()  # validity; the loss weighs by kind
     assert batch["mel_out"].min() >= -1.0 and batch["mel_out"].max() <= 1.0
+
+
+def test_packed_windows_hold_no_padding():
+    """Synthetic windows are packed with back-to-back tasks: every chunk is inside an episode."""
+    c = cfg(window_chunks=40, batch_size=4)
+    (batch,) = take(pipeline.make_iterator(c), 1)
+    assert (batch["text_out_weight"] == 1).all() and (batch["mel_out_weight"] == 1).all()
+    # a stream is long enough for its window, holds several tasks and starts fresh (no random crop)
+    ep = synthetic.stream(3, c.data.tasks, 40)
+    assert ep.num_chunks >= 40 and len(ep.labels["segments"]) >= 2
+    assert pipeline.ToWindow(c)(0, ep)["audio_in"].tolist() == pipeline.episode_arrays(ep, c)["audio_in"][:40].tolist()
+    unpacked = take(pipeline.make_iterator(cfg(window_chunks=40, batch_size=4, pack=False)), 1)[0]
+    assert (unpacked["mel_out_weight"] == 0).any()  # single episodes are shorter than the window
+
+
+def test_task_weights_set_the_mix():
+    counts = {t: 0 for t in ("repeat", "cuespeak")}
+    for seed in range(40):
+        for seg in synthetic.stream(seed, ("repeat", "cuespeak"), 40, weights=(1.0, 0.0)).labels["segments"]:
+            counts[seg["task"]] += 1
+    assert counts["cuespeak"] == 0 and counts["repeat"] > 40
+    with pytest.raises(ValueError, match="one non-negative weight per task"):
+        synthetic.stream(0, ("repeat", "cuespeak"), 40, weights=(1.0,))
+    with pytest.raises(ValueError, match="task_weights has 1 entries"):
+        pipeline.make_iterator(cfg(task_weights=(1.0,)))
+
+
+def test_layout_must_fit_the_task_timing():
+    c = cfg()
+    bad = dataclasses.replace(c, text=dataclasses.replace(c.text, text_in_slots=1))
+    with pytest.raises(ValueError, match="text_in_slots=1"):
+        pipeline.make_iterator(bad)
 
 
 def test_deterministic_and_resumable():
@@ -92,15 +125,19 @@ def test_processes_see_disjoint_episodes():
 
 
 def test_text_out_is_moshi_aligned():
-    # a word with onset in interval n+1 starts in chunk n's slots, EPAD just before, long words spill over
-    ids, is_word = pipeline.text_out_stream([(0.65, "ab"), (0.7, "xyz")], num_chunks=6, slots=2)
+    # a word with onset in interval n+1 is described by chunk n: EPAD in its first free slot, then the word,
+    # spilling into later chunks; nothing lands in chunk n-1 (before the word's cause could be heard)
+    ids, kind = pipeline.text_out_stream([(0.65, "ab"), (0.7, "xyz")], num_chunks=6, slots=2)
     grid = ids.reshape(6, 2)
-    # onset 0.65 s -> interval 3 -> chunk 2 (slots 4,5); EPAD in slot 3
-    assert grid[1, 1] == tokenizer.EPAD and list(grid[2]) == tokenizer.encode("ab")
-    # the second word cannot start before the first ends: EPAD at slot 6, then x y z
-    assert grid[3, 0] == tokenizer.EPAD and list(ids[7:10]) == tokenizer.encode("xyz")
-    assert ids[:3].tolist() == [tokenizer.PAD] * 3 and ids[10:].tolist() == [tokenizer.PAD] * 2
-    assert is_word.sum() == 5
+    # onset 0.65 s -> interval 3 -> chunk 2 (slots 4, 5): EPAD in slot 4, "ab" in slots 5, 6
+    assert grid[2, 0] == tokenizer.EPAD and ids[5:7].tolist() == tokenizer.encode("ab")
+    # the second word cannot start before the first ends: EPAD at slot 7, then x y z
+    assert ids[7] == tokenizer.EPAD and ids[8:11].tolist() == tokenizer.encode("xyz")
+    assert ids[:4].tolist() == [tokenizer.PAD] * 4 and ids[11:].tolist() == [tokenizer.PAD]
+    assert (kind == pipeline.KIND_WORD).sum() == 5 and (kind == pipeline.KIND_EPAD).sum() == 2
+    # one digit per chunk, the model's pace: [EPAD, digit] in every chunk before its interval
+    ids, _ = pipeline.text_out_stream([(0.61, "7"), (0.81, "8")], num_chunks=5, slots=2)
+    assert ids.reshape(5, 2)[2:4].tolist() == [[tokenizer.EPAD, ord("7")], [tokenizer.EPAD, ord("8")]]
 
 
 def test_text_in_fifo():
@@ -133,6 +170,18 @@ def test_mel_out_targets_the_next_interval():
     speech_chunks = np.flatnonzero(arrays["mel_out"].max(axis=(1, 2)) > -0.5)
     assert speech_chunks.min() == int(onset / 0.2) - 1
     assert arrays["mel_out_weight"][-1] == 0 and arrays["mel_out_weight"][:-1].all()
+
+
+def test_silence_targets_are_exactly_the_silence_constant():
+    """Digital silence maps to SILENCE_MEL (-1) in every channel; the old constant (-1) sat below the data's
+    real floor (-0.823), so the engine fed the model a "silence" it never saw in training."""
+    from interaction_jax.model import SILENCE_MEL
+
+    c = cfg()
+    arrays = pipeline.episode_arrays(synthetic.generate("timespeak", 2), c)
+    silent = arrays["mel_out"][:5]  # the model says nothing for at least 2 s
+    assert (silent == SILENCE_MEL).all()
+    assert arrays["mel_out"].max() < 1.0 and arrays["mel_out"].max() > 0.5  # a tone, below full scale
 
 
 def test_bad_inputs_have_clear_errors(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from interaction_jax.data import synthetic
 from interaction_jax.data.episode import from_bytes, to_bytes
-from interaction_jax.data.synthetic.tasks import MIN_CHUNKS, mix_echo, user_dry_audio
+from interaction_jax.data.synthetic.tasks import BARGE_SYMBOLS, MAX_CHUNKS, MIN_CHUNKS, mix_echo, user_dry_audio
 
 TASK_NAMES = ["repeat", "timespeak", "cuespeak", "repcount", "interrupt", "mixed"]
 
@@ -29,8 +29,7 @@ def test_deterministic_and_serialisable(task):
     assert from_bytes(to_bytes(a)) == a
     assert a.labels["task"] == task and json.loads(json.dumps(a.labels)) == a.labels
     assert a.user_audio.size == a.num_chunks * 3200  # whole chunks
-    lo = 30 if task != "mixed" else 60
-    assert lo <= a.num_chunks <= (60 if task != "mixed" else 180)
+    assert 8 <= a.num_chunks <= (MAX_CHUNKS if task != "mixed" else 3 * MAX_CHUNKS)
     assert all(w.isdigit() for _, w in a.model_words) and a.model_words == sorted(a.model_words)
     if task in ("cuespeak", "repcount"):
         assert a.frames is not None and a.frames.shape == (a.num_chunks, 80, 80, 3) and a.frames.dtype == np.uint8
@@ -68,8 +67,12 @@ def test_repeat_timing():
     for seed in range(10):
         lab = synthetic.generate("repeat", seed).labels
         assert 3 <= len(lab["user_digits"]) <= 6 and lab["model_digits"] == lab["user_digits"]
-        assert 0.25 <= lab["model_onset_s"] - lab["user_end_s"] <= 0.40 + 1e-4
-        assert max(np.diff(lab["user_onsets_s"])) <= 0.30 + 1e-4  # tone <= 150 ms + gap <= 150 ms
+        assert 0.2 <= lab["model_onset_s"] - lab["user_end_s"] <= 0.45
+        assert max(np.diff(lab["user_onsets_s"])) <= 0.35 + 1e-4  # tone <= 200 ms + gap <= 150 ms
+        # the model's even pace: one digit per chunk, 15-45 ms after each boundary
+        offsets = (np.array(lab["model_onsets_s"]) / 0.2) % 1.0 * 0.2
+        assert np.all((offsets >= 0.015 - 1e-4) & (offsets <= 0.045 + 1e-4))
+        assert np.allclose(np.diff(np.floor(np.array(lab["model_onsets_s"]) / 0.2)), 1)
 
 
 def test_timespeak_text_and_target():
@@ -77,36 +80,39 @@ def test_timespeak_text_and_target():
         ep = synthetic.generate("timespeak", seed)
         lab = ep.labels
         ((t, text),) = ep.user_text
-        assert text == f"say {lab['digit']} in {lab['delay_s']} s" and 2 <= lab["delay_s"] <= 8
+        assert text == f"say {lab['digit']} in {lab['delay_s']} s" and 2 <= lab["delay_s"] <= 6
         assert lab["target_time_s"] == pytest.approx(t + lab["delay_s"], abs=1e-4)
-        assert ep.model_words == [(lab["target_time_s"], lab["digit"])]
+        assert ep.model_words == [(lab["model_onset_s"], lab["digit"])]
+        assert lab["target_time_s"] - 0.2 <= lab["model_onset_s"] <= lab["target_time_s"] + 0.045
 
 
 def test_cuespeak_is_causal():
     for seed in range(10):
         lab = synthetic.generate("cuespeak", seed).labels
-        assert 0.2 - 1e-4 <= lab["model_onset_s"] - lab["cue_time_s"] <= 0.4 + 1e-4
+        assert 0.2 - 1e-4 <= lab["model_onset_s"] - lab["cue_time_s"] <= 0.245 + 1e-4
 
 
 def test_repcount_counts():
     for seed in range(10):
         ep = synthetic.generate("repcount", seed)
         lab = ep.labels
-        assert 1 <= lab["count"] <= 9 and 0.8 <= lab["period_s"] <= 2.0
+        assert 1 <= lab["count"] <= 9 and 0.7 <= lab["period_s"] <= 1.2
         assert [w for _, w in ep.model_words] == [str(k) for k in range(1, lab["count"] + 1)]
         delays = np.array([t for t, _ in ep.model_words]) - np.array(lab["rep_times_s"])
-        assert np.all((delays >= 0.2 - 1e-4) & (delays <= 0.45 + 1e-4))
+        assert np.all((delays >= 0.2 - 1e-4) & (delays <= 0.445 + 1e-4))
 
 
-def test_interrupt_yields_within_300ms():
+def test_interrupt_counts_on_a_typed_cue_and_yields():
     for seed in range(20):
         ep = synthetic.generate("interrupt", seed)
         lab = ep.labels
-        assert lab["model_stop_s"] - lab["barge_in_s"] <= 0.3 + 1e-4
+        assert ep.user_text == [(lab["text_time_s"], "count")]
+        assert lab["model_digits"] == "123456789"[: len(lab["model_digits"])] and len(lab["model_digits"]) >= 3
+        assert set(lab["user_digits"]) <= set(BARGE_SYMBOLS)
+        assert lab["model_stop_s"] - lab["barge_in_s"] <= 0.38
         assert all(t < lab["react_s"] for t, _ in ep.model_words)
         last_sound = np.flatnonzero(ep.model_audio)[-1] / 16000
-        assert last_sound <= lab["barge_in_s"] + 0.3 + 1e-3
-        assert sum(t < lab["barge_in_s"] for t, _ in ep.model_words) >= 2
+        assert last_sound <= lab["barge_in_s"] + 0.38
 
 
 def test_mixed_segments_are_consistent():

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -55,13 +56,75 @@ def test_evaluate_writes_documented_metrics(checkpoint, tmp_path):
 def test_stream_task_scores_the_same_as_eval(checkpoint):
     workdir, _ = checkpoint
     config, params = load_params(str(workdir))
-    batch = run_task(config, params, "repeat", 2, progress=False)
-    single = run_task(config, params, "repeat", 1, seed=HELD_OUT_SEED + 1, progress=False)
+    batch = run_task(config, params, "repeat", 2, progress=False, row_invariant=True)
+    single = run_task(config, params, "repeat", 1, seed=HELD_OUT_SEED + 1, progress=False, row_invariant=True)
     chunks = single["episodes"][0].num_chunks
     np.testing.assert_array_equal(batch["tokens"][1, :chunks], single["tokens"][0, :chunks])
     n = single["episodes"][0].model_audio.size
     np.testing.assert_array_equal(batch["generated"][1, :n], single["generated"][0, :n])
     assert batch["per_episode"][1] == single["per_episode"][0]
+
+
+def test_epad_timing_error():
+    from interaction_jax.evals.teacher_forced import EPAD_ERR_CAP, epad_timing
+
+    pad, epad = tokenizer.PAD, tokenizer.EPAD
+    target = np.full((10, 2), pad)
+    target[[3, 5], 0] = epad
+    pred = np.full((10, 2), pad)
+    pred[[3, 7], 0] = epad
+    assert epad_timing(pred, target, np.ones(10, bool)) == (2.0, 1.0, 2)  # |3-3| + |5-3| (or 7); one false
+    assert epad_timing(np.full((10, 2), pad), target, np.ones(10, bool)) == (2.0 * EPAD_ERR_CAP, 0.0, 2)
+
+
+def test_batched_eval_matches_row_by_row_in_score(checkpoint):
+    """The fast batched path (the default) and the row-invariant one agree on what the model does."""
+    workdir, _ = checkpoint
+    config, params = load_params(str(workdir))
+    fast = run_task(config, params, "interrupt", 2, progress=False)
+    exact = run_task(config, params, "interrupt", 2, progress=False, row_invariant=True)
+    np.testing.assert_allclose(fast["mel"], exact["mel"], atol=1e-3)
+    assert (fast["tokens"] == exact["tokens"]).mean() > 0.99
+
+
+def test_oracle_scores_the_targets_at_the_ceiling(tmp_path):
+    """`eval --oracle`: the episodes' own targets through the engine's vocoder score 1 on every task; the
+    noise a rank-deficient head leaves (std 0.6 in these units) scores 0."""
+    out = tmp_path / "oracle.json"
+    assert main(["eval", "--oracle", "--episodes", "4", "--json", str(out), "--out", str(tmp_path)]) == 0
+    clean = json.loads(out.read_text())
+    assert clean["repeat"]["content"] == 1.0 and clean["timespeak"]["on_time"] == 1.0
+    assert clean["cuespeak"]["on_time"] == 1.0 and clean["repcount"]["obo"] == 1.0
+    assert clean["interrupt"]["yield_rate"] == 1.0 and clean["repeat"]["latency_s"] <= 0.4
+    assert main(["eval", "--oracle", "--oracle-noise", "0.6", "--task", "repeat,interrupt", "--episodes", "4",
+                 "--json", str(out), "--out", str(tmp_path)]) == 0
+    noisy = json.loads(out.read_text())
+    assert noisy["repeat"]["content"] == 0.0 and noisy["interrupt"]["yield_rate"] == 0.0
+
+
+def test_teacher_forced_metrics_per_task(checkpoint, tmp_path, capsys):
+    workdir, _ = checkpoint
+    out = tmp_path / "tf.json"
+    assert main(["eval", "--checkpoint", str(workdir), "--teacher-forced", "--task", "repeat,interrupt",
+                 "--episodes", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for task in ("repeat", "interrupt"):
+        assert {"word_acc", "epad_acc", "epad_timing_err_chunks", "flow_loss_voiced", "flow_loss_silent",
+                "text_floor", "text_loss_above_floor"} <= set(res[task])
+        assert res[task]["text_loss_above_floor"] == res[task]["text_loss"] - res[task]["text_floor"]
+    assert "epad_timing_err_chunks" in capsys.readouterr().out
+
+
+def test_eval_flags_are_checked(capsys, checkpoint):
+    workdir, _ = checkpoint
+    assert main(["eval", "--oracle", "--teacher-forced"]) == 2
+    assert "cannot be --teacher-forced" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(workdir), "--oracle-noise", "0.1"]) == 2
+    assert "needs --oracle" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(workdir), "--task", "dance"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert main(["eval"]) == 2
+    assert "needs --checkpoint" in capsys.readouterr().err
 
 
 def test_cli_eval_json(checkpoint, tmp_path):
@@ -116,3 +179,23 @@ def test_missing_or_mismatched_checkpoint(tmp_path, capsys, checkpoint):
     assert main(["train", "--config", str(ROOT / "configs/tiny.py"), "--workdir", str(workdir),
                  *[a for s in [*SMALL, "model.transformer.d_model=32"] for a in ("--set", s)]]) == 2
     assert "different model config" in capsys.readouterr().err
+
+
+def test_export_is_a_params_only_model_that_streams(checkpoint, tmp_path, capsys):
+    """`export` writes params.npz + config.json; stream/eval accept the folder and give the same outputs."""
+    workdir, _ = checkpoint
+    out = tmp_path / "model"
+    assert main(["export", "--checkpoint", str(workdir), "--out", str(out), "--dtype", "float32"]) == 0
+    assert "params.npz" in capsys.readouterr().out
+    config, params = load_params(str(workdir))
+    config2, params2 = load_params(str(out))
+    assert config2 == config
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    exact = run_task(config, params, "repeat", 1, progress=False, row_invariant=True)
+    again = run_task(config2, params2, "repeat", 1, progress=False, row_invariant=True)
+    np.testing.assert_array_equal(exact["tokens"], again["tokens"])
+    # a corrupt or mismatched export is a clear error
+    (out / "params.npz").write_bytes(b"junk")
+    assert main(["eval", "--checkpoint", str(out), "--task", "repeat", "--episodes", "1"]) == 2
+    assert "not a readable params export" in capsys.readouterr().err

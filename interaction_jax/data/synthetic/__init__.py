@@ -5,8 +5,13 @@ text_events)`` and ``aggregate(list_of_metrics)`` measure generated audio (DTMF 
 """
 
 from interaction_jax.data.synthetic.scoring import aggregate, score
-from interaction_jax.data.synthetic.tasks import TASKS, generate, mix_echo, user_dry_audio
+from interaction_jax.data.synthetic.tasks import TASKS, generate, mix_echo, stream, text_floor, user_dry_audio
 from interaction_jax.data.synthetic.voices import decode_dtmf, get_voice, register_voice
 
-__all__ = ["TASKS", "aggregate", "decode_dtmf", "generate", "get_voice", "mix_echo", "register_voice", "score",
-           "user_dry_audio"]
+
+class TaskError(ValueError):
+    """A bad task name or evaluation request from the command line."""
+
+
+__all__ = ["TASKS", "TaskError", "aggregate", "decode_dtmf", "generate", "get_voice", "mix_echo", "register_voice",
+           "score", "stream", "text_floor", "user_dry_audio"]

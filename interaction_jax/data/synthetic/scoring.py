@@ -42,6 +42,9 @@ REPCOUNT_WINDOW_S = 0.6
 YIELD_TOL_S = 0.4
 SILENCE_DBFS = -40.0  # 20 ms frames with RMS above this count as audible
 TextEvents = Sequence[tuple[float, str]]
+# The headline metric of each task (its goal in the learning issue), shown in progress lines and curves.
+HEADLINE = {"repeat": "content", "timespeak": "on_time", "cuespeak": "on_time", "repcount": "obo",
+            "interrupt": "yield_rate"}
 
 
 def _decode(labels: dict[str, Any], wave: np.ndarray) -> list[tuple[float, str]]:

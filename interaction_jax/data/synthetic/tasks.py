@@ -1,9 +1,29 @@
 """Synthetic interaction tasks: ``(seed, duration_chunks=None, voice="dtmf", echo=True) -> Episode``.
 
 Each generator is a pure function of its seed (``np.random.default_rng(seed)``) and writes labels that make
-scoring exact (see ``scoring.py``). Timing follows the model's causality: frame n is the image at t = 0.2 n
-and the model hears/sees chunk n only after it ends, so the earliest reply to an event in chunk n starts at
-0.2 (n + 1). Ground-truth replies are placed accordingly (never before the model could have reacted).
+scoring exact (see ``scoring.py``).
+
+**Every target is caused by something the model has already heard or seen** (the learning issue measured
+what happens otherwise: loss that no model can learn, and free-running states training never shows). The
+model hears chunk n (interval [0.2 n, 0.2 n + 0.2)) at the end of that interval and its outputs of chunk n
+describe interval n + 1. So a reply whose cause becomes perceptible in chunk n starts at 0.2 (n + 1) at the
+earliest, and that is where the generators put it:
+
+* ``repeat``: the user has finished when a silence longer than any gap inside an utterance (``GAP_S``)
+  has been heard. The model answers at the first chunk boundary ``REPLY_SILENCE_S`` after the user's last
+  tone (latency 0.2-0.4 s).
+* ``timespeak``: "say D in K s" typed at t; the model speaks in the interval that holds t + K (typed text
+  enters at >= 2 bytes per chunk, so the whole instruction is in long before).
+* ``cuespeak``: a digit appears in frame k; the model says it in interval k + 1.
+* ``repcount``: "k" in the interval after the first frame that shows repetition k completed.
+* ``interrupt``: "count" typed; the model counts 1..9, one number per chunk, from a fixed delay after the
+  text has arrived. The user barges in with keys the model never says (``BARGE_SYMBOLS``); the model's
+  voice stops after the chunk in which the barge-in is audible (``AUDIBLE_S`` of it heard).
+
+**The model's voice keeps an even pace**: one symbol per chunk, each starting 15-45 ms after a chunk
+boundary. Its text-out is then exactly ``[EPAD, symbol]`` in the chunk before, so no target depends on a
+random gap the model cannot know: the text's Bayes floor is 0 for every task (``text_floor``).
+The user's voice varies widely (level, tone length, gaps; see ``voices.USER_DTMF``).
 
 Echo and noise are applied last, once per episode (``_finish``): white room noise at -70..-50 dBFS, plus the
 model voice delayed by 10-120 ms at -30..-10 dB. ``Episode.user_audio`` is the full microphone (dry user +
@@ -11,26 +31,40 @@ noise + echo); the dry microphone is *recomputed* by ``user_dry_audio`` from the
 ``echo_delay_s`` labels instead of being stored, which saves a third of the audio bytes. The recomputation
 is exact up to float32 rounding of the sum (< 1e-6 absolute). Echo parameters are drawn even when
 ``echo=False``, so the same seed gives the same episode with and without echo, apart from the echo itself.
+
+``stream(seed, tasks, min_chunks)`` concatenates random tasks into one continuous episode: training packs
+its windows with them, so no window holds zero-weight padding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from interaction_jax.data.episode import CHUNK_SAMPLES, SAMPLE_RATE, Episode, validate
 from interaction_jax.data.synthetic import frames as fr
-from interaction_jax.data.synthetic.voices import Event, Voice, get_voice
+from interaction_jax.data.synthetic.voices import Event, Voice, get_voices
 
 CHUNK_S = CHUNK_SAMPLES / SAMPLE_RATE
-DEFAULT_CHUNKS = (30, 60)  # 6-12 s unless a task needs more
-MIN_CHUNKS = {"repeat": 25, "timespeak": 20, "cuespeak": 15, "repcount": 20, "interrupt": 25, "mixed": 30}
+MAX_CHUNKS = 40  # 8 s: every single-task episode fits one training window (tiny's data.window_chunks)
+EXTRA_TAIL_CHUNKS = 3  # episodes end 0-3 chunks after their last event (plus TAIL_S)
+TAIL_S = 0.4  # silence after the last sound of an episode
 DIGITS = "0123456789"
-GAP_S = (0.05, 0.15)  # between consecutive symbols of one utterance
+GAP_S = (0.04, 0.15)  # between consecutive symbols of one user utterance
+REPLY_SILENCE_S = 0.2  # > max gap + the 25 ms half-window of the analysis: "the user has finished"
+AUDIBLE_S = 0.03  # an onset is heard in the chunk holding at least this much of it
+# The model's symbol onsets after their chunk boundary. At least 15 ms: the centred analysis frame that ends
+# interval n reaches 12.5 ms into interval n+1, and must not see a tone the model decides only in chunk n.
+MODEL_JITTER_S = (0.015, 0.045)
+BARGE_SYMBOLS = "*#ABCD"  # what the user presses to talk over the model: never said by the model
+COUNT_TEXT = "count"
+COUNT_START_CHUNKS = 4  # the model's "1" starts this many chunks after the chunk "count" was typed in
+MIN_TEXT_RATE = 2  # bytes per chunk the TEXT_IN FIFO delivers at least (text.text_in_slots >= 2)
+MIN_CHUNKS = {"repeat": 25, "timespeak": 20, "cuespeak": 15, "repcount": 20, "interrupt": 25, "mixed": 30}
 
 
 @dataclasses.dataclass
@@ -51,8 +85,13 @@ def _q(t: float) -> float:
     return round(t * SAMPLE_RATE) / SAMPLE_RATE
 
 
+def _chunk_of(t: float) -> int:
+    """The chunk whose interval holds time t."""
+    return math.floor(t / CHUNK_S + 1e-9)
+
+
 def _utterance(voice: Voice, rng: np.random.Generator, symbols: str) -> tuple[list[float], list[float], float]:
-    """Durations, relative onsets and total span of ``symbols`` spoken with GAP_S gaps."""
+    """Durations, relative onsets and total span of ``symbols`` spoken by the user with GAP_S gaps."""
     durs = voice.durations(list(symbols), rng)
     gaps = rng.uniform(*GAP_S, max(len(symbols) - 1, 0))
     rel = [0.0]
@@ -65,14 +104,31 @@ def _events(start: float, symbols: str, durs: list[float], rel: list[float]) -> 
     return [(_q(start + r), s, d) for s, d, r in zip(symbols, durs, rel, strict=True)]
 
 
-def _pick_chunks(rng: np.random.Generator, n: int | None, need_s: float, task: str) -> int:
-    need = math.ceil(need_s / CHUNK_S - 1e-9)
+def _model_says(voice: Voice, rng: np.random.Generator, symbols: Sequence[str], first_chunk: int) -> list[Event]:
+    """The model's even pace: symbol i starts MODEL_JITTER_S after the boundary of chunk first_chunk + i."""
+    durs = voice.durations(list(symbols), rng)
+    jitter = rng.uniform(*MODEL_JITTER_S, len(symbols))
+    return [(_q((first_chunk + i) * CHUNK_S + float(j)), s, d)
+            for i, (s, d, j) in enumerate(zip(symbols, durs, jitter, strict=True))]
+
+
+def _end(events: list[Event]) -> float:
+    return max((t + d for t, _, d in events), default=0.0)
+
+
+def _length(rng: np.random.Generator, n: int | None, last_sound_s: float, task: str) -> int:
+    """Chunks of an episode whose last sound ends at ``last_sound_s``: the minimum, plus a random tail."""
+    need = math.ceil((last_sound_s + TAIL_S) / CHUNK_S - 1e-9)
     if n is None:
-        lo = max(DEFAULT_CHUNKS[0], need)
-        return int(rng.integers(lo, max(lo, DEFAULT_CHUNKS[1]) + 1))
+        return need + int(rng.integers(0, EXTRA_TAIL_CHUNKS + 1))
     if need > n:
         raise ValueError(f"{task}: duration_chunks={n} is too short for this episode (needs {need})")
     return n
+
+
+def _limit(n: int | None) -> float:
+    """Seconds available to plan in (the whole episode minus the final silence)."""
+    return (n if n is not None else MAX_CHUNKS - EXTRA_TAIL_CHUNKS) * CHUNK_S - TAIL_S
 
 
 def _render(voice: Voice, events: list[Event], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -83,55 +139,53 @@ def _words(events: list[Event]) -> list[tuple[float, str]]:
     return [(t, s) for t, s, _ in events]
 
 
-def _limit(n: int | None) -> float:
-    return (n if n is not None else DEFAULT_CHUNKS[1]) * CHUNK_S
-
-
 # ------------------------------------------------------------------------------------------ the tasks
+# Each plan takes (rng, user_voice, model_voice, duration_chunks or None) and returns a _Draft.
 
 
-def _plan_repeat(rng: np.random.Generator, voice: Voice, n: int | None) -> _Draft:
-    """User says 3-6 digits; 250-400 ms after the user's last tone ends the model says them back."""
+def _plan_repeat(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None) -> _Draft:
+    """User says 3-6 digits; at the first chunk boundary >= 0.2 s after the last tone, the model says them."""
     digits = "".join(rng.choice(list(DIGITS), int(rng.integers(3, 7))))
-    u_durs, u_rel, u_span = _utterance(voice, rng, digits)
-    reply = float(rng.uniform(0.25, 0.40))
-    m_durs, m_rel, m_span = _utterance(voice, rng, digits)
-    body = u_span + reply + m_span
-    n = _pick_chunks(rng, n, 0.3 + body + 0.4, "repeat")
-    start = _q(rng.uniform(0.3, n * CHUNK_S - 0.4 - body))
+    u_durs, u_rel, _ = _utterance(user_v, rng, digits)
+    start = _q(rng.uniform(0.2, 1.0))
     user_ev = _events(start, digits, u_durs, u_rel)
-    user_end = user_ev[-1][0] + u_durs[-1]
-    model_ev = _events(user_end + reply, digits, m_durs, m_rel)
-    return _Draft(n, _render(voice, user_ev, n, rng), _render(voice, model_ev, n, rng), None, [],
+    user_end = _end(user_ev)
+    reply_chunk = math.ceil((user_end + REPLY_SILENCE_S) / CHUNK_S - 1e-9)
+    model_ev = _model_says(model_v, rng, digits, reply_chunk)
+    n = _length(rng, n, _end(model_ev), "repeat")
+    return _Draft(n, _render(user_v, user_ev, n, rng), _render(model_v, model_ev, n, rng), None, [],
                   _words(model_ev), {
                       "task": "repeat", "user_digits": digits, "user_onsets_s": [e[0] for e in user_ev],
                       "user_end_s": user_end, "model_digits": digits, "model_onset_s": model_ev[0][0],
                       "model_onsets_s": [e[0] for e in model_ev]})
 
 
-def _plan_timespeak(rng: np.random.Generator, voice: Voice, n: int | None) -> _Draft:
-    """User types "say 7 in 3 s" at t; the model says 7 at t + 3."""
+def _plan_timespeak(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None) -> _Draft:
+    """User types "say 7 in 3 s" at t; the model says 7 in the interval that holds t + 3."""
     limit = _limit(n)
     digit = str(rng.integers(10))
-    text_time = _q(rng.uniform(0.2, min(2.0, limit - 2.6)))
-    delay = int(rng.integers(2, min(8, math.floor(limit - 0.6 - text_time)) + 1))
-    (dur,) = voice.durations([digit], rng)
+    text_time = _q(rng.uniform(0.2, min(1.0, limit - 2.2)))
+    delay = int(rng.integers(2, max(2, min(6, math.floor(limit - 0.2 - text_time))) + 1))
     target = _q(text_time + delay)
-    n = _pick_chunks(rng, n, target + dur + 0.4, "timespeak")
+    model_ev = _model_says(model_v, rng, digit, _chunk_of(target))
+    n = _length(rng, n, _end(model_ev), "timespeak")
     text = f"say {digit} in {delay} s"
-    model_ev = [(target, digit, dur)]
-    return _Draft(n, np.zeros(n * CHUNK_SAMPLES, np.float32), _render(voice, model_ev, n, rng), None,
+    return _Draft(n, np.zeros(n * CHUNK_SAMPLES, np.float32), _render(model_v, model_ev, n, rng), None,
                   [(text_time, text)], _words(model_ev), {
                       "task": "timespeak", "digit": digit, "delay_s": delay, "text": text,
-                      "text_time_s": text_time, "target_time_s": target})
+                      "text_time_s": text_time, "target_time_s": target, "model_onset_s": model_ev[0][0]})
 
 
-def _plan_cuespeak(rng: np.random.Generator, voice: Voice, n: int | None, hw: fr.HW = fr.DEFAULT_HW) -> _Draft:
-    """A digit appears in frame k (t = 0.2 k); the model says it 0.2-0.4 s later (its first chance)."""
-    n = _pick_chunks(rng, n, 0.0, "cuespeak")
+def _plan_cuespeak(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None,
+                   hw: fr.HW = fr.DEFAULT_HW) -> _Draft:
+    """A digit appears in frame k (t = 0.2 k); the model says it in interval k + 1, its first chance."""
     digit = str(rng.integers(10))
-    cue = int(rng.integers(5, n - 7))
+    cue = int(rng.integers(3, 11))
     visible = int(rng.integers(3, 11))  # 0.6-2 s on screen
+    model_ev = _model_says(model_v, rng, digit, cue + 1)
+    # By default the episode lasts until the digit has left the screen; a given length may cut it short.
+    shown = (cue + visible + 1) * CHUNK_S - TAIL_S if n is None else 0.0
+    n = _length(rng, n, max(_end(model_ev), shown), "cuespeak")
     style = fr.random_style(rng, hw)
     images = []
     for i in range(n):
@@ -143,71 +197,65 @@ def _plan_cuespeak(rng: np.random.Generator, voice: Voice, n: int | None, hw: fr
             images.append(fr.render_flash(rng, hw))
         else:
             images.append(fr.render_blank(rng, hw, style.bg))
-    (dur,) = voice.durations([digit], rng)
-    onset = _q((cue + 1) * CHUNK_S + rng.uniform(0.0, 0.2))
-    model_ev = [(onset, digit, dur)]
-    return _Draft(n, np.zeros(n * CHUNK_SAMPLES, np.float32), _render(voice, model_ev, n, rng),
+    return _Draft(n, np.zeros(n * CHUNK_SAMPLES, np.float32), _render(model_v, model_ev, n, rng),
                   np.stack(images), [], _words(model_ev), {
                       "task": "cuespeak", "digit": digit, "cue_frame": cue, "cue_time_s": _q(cue * CHUNK_S),
-                      "cue_end_s": _q(min(cue + visible, n) * CHUNK_S), "model_onset_s": onset})
+                      "cue_end_s": _q(min(cue + visible, n) * CHUNK_S), "model_onset_s": model_ev[0][0]})
 
 
-def _plan_repcount(rng: np.random.Generator, voice: Voice, n: int | None, hw: fr.HW = fr.DEFAULT_HW) -> _Draft:
-    """An object repeats a motion N <= 9 times; the model says "1", "2", ... as each repetition completes."""
+def _plan_repcount(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None,
+                   hw: fr.HW = fr.DEFAULT_HW) -> _Draft:
+    """An object repeats a motion N <= 9 times; the model says "k" after the frame showing repetition k done."""
     limit = _limit(n)
-    start = float(rng.uniform(0.4, 1.5))
-    count = min(int(rng.integers(1, 10)), max(1, math.floor((limit - start - 1.0) / 0.8)))
-    period = float(rng.uniform(0.8, max(0.8, min(2.0, (limit - start - 1.0) / count))))
+    start = float(rng.uniform(0.4, 1.0))
+    fits = lambda c: (limit - start - 0.6) / c  # longest period that still fits c repetitions
+    count = int(rng.integers(1, 10))
+    while count > 1 and fits(count) < 0.7:
+        count -= 1
+    period = float(rng.uniform(0.7, max(0.7, min(1.2, fits(count)))))
     motion = fr.random_motion(rng, start, period, count)
     rep_times = motion.rep_times()
-    n = _pick_chunks(rng, n, rep_times[-1] + 1.0, "repcount")
-    durs = voice.durations([str(k) for k in range(1, count + 1)], rng)
-    model_ev = []
-    for k, (rep, dur) in enumerate(zip(rep_times, durs, strict=True), start=1):
-        first_frame = math.ceil(rep / CHUNK_S - 1e-9)  # the first frame that shows the completed repetition
-        model_ev.append((_q((first_frame + 1) * CHUNK_S + rng.uniform(0.0, 0.05)), str(k), dur))
+    first_frames = [math.ceil(rep / CHUNK_S - 1e-9) for rep in rep_times]  # first frame showing rep k done
+    model_ev: list[Event] = []
+    for k, f in enumerate(first_frames, start=1):
+        model_ev += _model_says(model_v, rng, str(k), f + 1)
+    n = _length(rng, n, _end(model_ev), "repcount")
     images = np.stack([fr.render_object(i * CHUNK_S, motion, rng, hw) for i in range(n)])
-    return _Draft(n, np.zeros(n * CHUNK_SAMPLES, np.float32), _render(voice, model_ev, n, rng), images, [],
+    return _Draft(n, np.zeros(n * CHUNK_SAMPLES, np.float32), _render(model_v, model_ev, n, rng), images, [],
                   _words(model_ev), {
                       "task": "repcount", "count": count, "period_s": period, "start_s": start,
-                      "rep_times_s": rep_times, "motion": motion.kind,
+                      "rep_times_s": rep_times, "rep_frames": first_frames, "motion": motion.kind,
                       "model_onsets_s": [e[0] for e in model_ev]})
 
 
-def _plan_interrupt(rng: np.random.Generator, voice: Voice, n: int | None) -> _Draft:
-    """The model reads a long digit string; the user barges in; the model yields within 0.3 s.
+def _plan_interrupt(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None,
+                    barge: bool = True) -> _Draft:
+    """User types "count"; the model counts 1..9, one per chunk; the user barges in; the model stops.
 
-    The model can first react at the chunk boundary after the barge-in (``react_s``): tones starting
-    before it are spoken (they were generated before the user was heard), the tone in progress finishes,
-    and everything is cut at ``barge_in + 0.3`` at the latest, so ``model_stop_s - barge_in_s <= 0.3``.
+    The barge-in (2-4 of ``BARGE_SYMBOLS``) starts between the onsets of "3" and "8". It becomes audible in
+    chunk ``heard_chunk``, the chunk holding its first ``AUDIBLE_S``; every number planned for an interval
+    after that chunk is dropped, so the voice stops within about 0.35 s of the barge-in and no target
+    before ``heard_chunk`` depends on it. ``barge=False`` gives the same episode without the barge-in (the
+    counterfactual the causality test compares against).
     """
-    limit = _limit(n)
-    m_start = float(rng.uniform(0.3, 1.0))
-    length = int(rng.integers(8, 21))
-    planned = "".join(rng.choice(list(DIGITS), length))
-    m_durs, m_rel, _ = _utterance(voice, rng, planned)
-    user_digits = "".join(rng.choice(list(DIGITS), int(rng.integers(2, 6))))
-    u_durs, u_rel, u_span = _utterance(voice, rng, user_digits)
-    while length > 5 and m_start + m_rel[length - 2] + u_span + 0.5 > limit:
-        length -= 1
-    lo, hi = m_start + m_rel[2], m_start + m_rel[length - 2]
-    barge = _q(rng.uniform(lo, hi))
-    react = _q((math.floor(barge / CHUNK_S) + 1) * CHUNK_S)
-    model_ev: list[Event] = []
-    for t, s, d in _events(m_start, planned, m_durs, m_rel):
-        if t >= react:
-            break
-        d = min(t + d, barge + 0.3) - t
-        if d >= 0.03:  # a sliver of a tone would only be a click
-            model_ev.append((t, s, d))
-    stop = max(t + d for t, _, d in model_ev)
-    user_ev = _events(barge, user_digits, u_durs, u_rel)
-    n = _pick_chunks(rng, n, max(barge + u_span, stop) + 0.5, "interrupt")
-    return _Draft(n, _render(voice, user_ev, n, rng), _render(voice, model_ev, n, rng), None, [],
-                  _words(model_ev), {
-                      "task": "interrupt", "barge_in_s": barge, "react_s": react, "model_stop_s": stop,
-                      "model_digits": "".join(e[1] for e in model_ev), "planned_digits": planned[:length],
-                      "user_digits": user_digits, "user_end_s": user_ev[-1][0] + u_durs[-1]})
+    text_time = _q(rng.uniform(0.2, 1.0))
+    first = _chunk_of(text_time) + COUNT_START_CHUNKS
+    planned = _model_says(model_v, rng, "123456789", first)
+    symbols = "".join(rng.choice(list(BARGE_SYMBOLS), int(rng.integers(2, 5))))
+    u_durs, u_rel, _ = _utterance(user_v, rng, symbols)
+    barge_s = _q(rng.uniform(planned[2][0], planned[7][0]))
+    heard = _chunk_of(barge_s + AUDIBLE_S)
+    user_ev = _events(barge_s, symbols, u_durs, u_rel)
+    model_ev = [e for e in planned if _chunk_of(e[0]) <= heard] if barge else planned
+    last = max(_end(model_ev), _end(user_ev))
+    n = _length(rng, n, last, "interrupt")
+    user = _render(user_v, user_ev, n, rng)  # rendered either way, so both variants draw the same numbers
+    return _Draft(n, user if barge else np.zeros_like(user), _render(model_v, model_ev, n, rng), None,
+                  [(text_time, COUNT_TEXT)], _words(model_ev), {
+                      "task": "interrupt", "barge_in_s": barge_s if barge else None, "heard_chunk": heard,
+                      "react_s": _q((heard + 1) * CHUNK_S), "model_stop_s": _end(model_ev),
+                      "model_digits": "".join(e[1] for e in model_ev), "text_time_s": text_time,
+                      "user_digits": symbols, "user_end_s": _end(user_ev)})
 
 
 SINGLE_PLANS: dict[str, Callable[..., _Draft]] = {
@@ -217,18 +265,8 @@ SINGLE_PLANS: dict[str, Callable[..., _Draft]] = {
 VIDEO_TASKS = ("cuespeak", "repcount")
 
 
-def _plan_mixed(rng: np.random.Generator, voice: Voice, n: int | None) -> _Draft:
-    """2-3 random single tasks back to back (chunk-aligned), as one longer episode with one room and echo."""
-    names = list(SINGLE_PLANS)
-    if n is None:
-        k = int(rng.integers(2, 4))
-        lengths: list[int | None] = [None] * k
-    else:
-        k = max(1, min(3, n // DEFAULT_CHUNKS[0]))
-        lengths = [n // k] * (k - 1) + [n - (n // k) * (k - 1)]
-    tasks = [names[int(rng.integers(len(names)))] for _ in range(k)]
-    drafts = [SINGLE_PLANS[t](np.random.default_rng(int(rng.integers(2**62))), voice, m)
-              for t, m in zip(tasks, lengths, strict=True)]
+def _concat(drafts: list[_Draft], rng: np.random.Generator, task: str) -> _Draft:
+    """Back-to-back drafts (chunk-aligned) as one longer draft; scenes without video get blank frames."""
     bg = fr.random_style(rng).bg
     offset, segments, user_text, words, images = 0.0, [], [], [], []
     for d in drafts:
@@ -239,10 +277,25 @@ def _plan_mixed(rng: np.random.Generator, voice: Voice, n: int | None) -> _Draft
         images.append(d.frames if d.frames is not None else
                       np.stack([fr.render_blank(rng, bg=bg) for _ in range(d.n_chunks)]))
         offset = _q(offset + d.n_chunks * CHUNK_S)
+    has_video = any(d.frames is not None for d in drafts)
     return _Draft(sum(d.n_chunks for d in drafts), np.concatenate([d.user for d in drafts]),
-                  np.concatenate([d.model for d in drafts]),
-                  np.concatenate(images) if any(t in VIDEO_TASKS for t in tasks) else None,
-                  user_text, words, {"task": "mixed", "segments": segments})
+                  np.concatenate([d.model for d in drafts]), np.concatenate(images) if has_video else None,
+                  user_text, words, {"task": task, "segments": segments})
+
+
+def _plan_mixed(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None) -> _Draft:
+    """2-3 random single tasks back to back (chunk-aligned), as one longer episode with one room and echo."""
+    names = list(SINGLE_PLANS)
+    if n is None:
+        k = int(rng.integers(2, 4))
+        lengths: list[int | None] = [None] * k
+    else:
+        k = max(1, min(3, n // MIN_CHUNKS["mixed"]))
+        lengths = [n // k] * (k - 1) + [n - (n // k) * (k - 1)]
+    tasks = [names[int(rng.integers(len(names)))] for _ in range(k)]
+    drafts = [SINGLE_PLANS[t](np.random.default_rng(int(rng.integers(2**62))), user_v, model_v, m)
+              for t, m in zip(tasks, lengths, strict=True)]
+    return _concat(drafts, rng, "mixed")
 
 
 # ------------------------------------------------------------------------------------------ echo, finishing
@@ -291,12 +344,12 @@ def _finish(draft: _Draft, rng: np.random.Generator, voice: str, echo: bool) -> 
 
 def _generator(name: str, plan: Callable[..., _Draft]) -> Callable[..., Episode]:
     def generate_task(seed: int, duration_chunks: int | None = None, voice: str = "dtmf",
-                      echo: bool = True) -> Episode:
+                      echo: bool = True, **options: Any) -> Episode:
         if duration_chunks is not None and duration_chunks < MIN_CHUNKS[name]:
             raise ValueError(f"{name}: duration_chunks={duration_chunks} is below the minimum "
                              f"{MIN_CHUNKS[name]} for this task")
         rng = np.random.default_rng(seed)
-        return _finish(plan(rng, get_voice(voice), duration_chunks), rng, voice, echo)
+        return _finish(plan(rng, *get_voices(voice), duration_chunks, **options), rng, voice, echo)
 
     generate_task.__name__ = name
     generate_task.__doc__ = (plan.__doc__ or "") + "\n\n(seed, duration_chunks=None, voice, echo) -> Episode"
@@ -313,3 +366,42 @@ def generate(task: str, seed: int, **kwargs: Any) -> Episode:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
     return TASKS[task](seed, **kwargs)
+
+
+def stream(seed: int, tasks: Sequence[str], min_chunks: int, voice: str = "dtmf", echo: bool = True,
+           weights: Sequence[float] | None = None) -> Episode:
+    """Random single tasks (drawn with ``weights``) back to back until the episode holds ``min_chunks``.
+
+    Training windows are cut from these, so a window never holds zero-weight padding and every chunk
+    carries a task. One room and one echo path per stream; labels list the segments like ``mixed``.
+    """
+    unknown = [t for t in tasks if t not in SINGLE_PLANS]
+    if unknown or not tasks:
+        raise ValueError(f"stream: tasks must be single tasks from {', '.join(SINGLE_PLANS)}, got {list(tasks)}")
+    p = None
+    if weights is not None:
+        if len(weights) != len(tasks) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"stream: need one non-negative weight per task, got {list(weights)} for {list(tasks)}")
+        p = np.asarray(weights, np.float64) / float(sum(weights))
+    rng = np.random.default_rng(seed)
+    user_v, model_v = get_voices(voice)
+    drafts, total = [], 0
+    while total < min_chunks:
+        task = tasks[int(rng.choice(len(tasks), p=p))]
+        drafts.append(SINGLE_PLANS[task](np.random.default_rng(int(rng.integers(2**62))), user_v, model_v, None))
+        total += drafts[-1].n_chunks
+    return _finish(_concat(drafts, rng, "stream"), rng, voice, echo)
+
+
+def text_floor(task: str) -> float:
+    """Bayes floor of the text-out loss (nats per weighted token) for ``task``: the entropy of what its
+    targets depend on that the inputs do not reveal in time.
+
+    Every target here is a function of what was audible or visible before its chunk (module docstring;
+    ``tests/data/test_causal_targets.py`` checks it over many seeds per task), so the floor is 0. It is a
+    function, not a constant, so that a task added with deliberate randomness declares its floor here and
+    the trainer's ``text_loss_above_floor`` stays meaningful.
+    """
+    if task not in TASKS and task != "stream":
+        raise ValueError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+    return 0.0

@@ -248,18 +248,31 @@ def decode_dtmf(wave: np.ndarray, sr: int = SAMPLE_RATE) -> list[tuple[float, st
 
 # ------------------------------------------------------------------------------------------ registry
 
-_VOICES: dict[str, Voice] = {"dtmf": DtmfVoice()}
+# The user and the model speak with different voices of one family: the user's varies widely (any level a
+# microphone may see, uneven tones and gaps), the model's is steady (one level band, even tones), so the
+# model has one consistent way to speak and the flow head need not model a random loudness.
+USER_DTMF = DtmfVoice(min_dur=0.06, max_dur=0.20, level_lo=-24.0, level_hi=-3.0)
+MODEL_DTMF = DtmfVoice(min_dur=0.09, max_dur=0.12, level_lo=-10.0, level_hi=-6.0)
+_VOICES: dict[str, tuple[Voice, Voice]] = {"dtmf": (USER_DTMF, MODEL_DTMF)}
 
 
-def register_voice(name: str, voice: Voice) -> None:
-    """Make a voice available to ``get_voice`` (e.g. a TTS voice from an optional extra)."""
-    if not isinstance(voice, Voice):
-        raise TypeError(f"{voice!r} does not implement the Voice protocol (name, symbols, durations, render, "
-                        "decode)")
-    _VOICES[name] = voice
+def register_voice(name: str, voice: Voice, model_voice: Voice | None = None) -> None:
+    """Make a voice family available: ``voice`` speaks for the user, ``model_voice`` (default: the same)
+    for the model. Both decode with ``voice.decode`` (e.g. a TTS voice pair from an optional extra)."""
+    for v in (voice, model_voice):
+        if v is not None and not isinstance(v, Voice):
+            raise TypeError(f"{v!r} does not implement the Voice protocol (name, symbols, durations, render, "
+                            "decode)")
+    _VOICES[name] = (voice, model_voice or voice)
 
 
 def get_voice(name: str) -> Voice:
+    """The user voice of a family; its ``decode`` also reads the model's voice (the scorers use it)."""
+    return get_voices(name)[0]
+
+
+def get_voices(name: str) -> tuple[Voice, Voice]:
+    """``(user_voice, model_voice)`` of a voice family."""
     try:
         return _VOICES[name]
     except KeyError:

@@ -1,0 +1,102 @@
+"""Teacher-forced metrics per task: what the model gets right when it is fed the true history.
+
+    python -m interaction_jax eval --checkpoint runs/tiny --teacher-forced [--json tf.json]
+
+When a free-running score is 0, this says which part is missing: the timing (EPAD), the content (word
+tokens) or the voice (flow loss on voiced vs silent blocks). Held-out episodes of one task are padded to a
+common length and run through the training loss, so the numbers are the training objective per task.
+
+Metrics per task (``{task: {metric: value}}``):
+
+* ``text_loss``, ``text_ce_pad/epad/word``: weighted text CE and its parts by target kind (nats);
+* ``text_floor``, ``text_loss_above_floor``: the task's Bayes floor (``tasks.text_floor``) and the excess;
+* ``word_acc``, ``epad_acc``: greedy accuracy on word / EPAD targets;
+* ``epad_timing_err_chunks``: for each target EPAD, chunks to the nearest predicted EPAD (capped at
+  ``EPAD_ERR_CAP`` when none is predicted), averaged; ``false_epad_rate``: predicted EPADs on PAD targets;
+* ``flow_loss``, ``flow_loss_voiced``, ``flow_loss_silent``: flow loss overall and by block kind.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from interaction_jax.config import Config
+
+EPAD_ERR_CAP = 5
+
+
+@functools.lru_cache(maxsize=4)
+def _programs(config: Config):
+    import jax
+
+    from interaction_jax.model import InteractionModel
+
+    model = InteractionModel.from_config(config)
+    loss = jax.jit(lambda p, b: model.apply({"params": p}, b, jax.random.key(0), method=InteractionModel.loss)[1])
+    logits = jax.jit(lambda p, b: model.apply({"params": p}, b)["text_logits"])
+    return loss, logits
+
+
+def epad_timing(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[float, float, int]:
+    """(sum of timing errors in chunks, false EPADs, number of target EPADs) for one episode.
+
+    ``pred``/``target`` are token ids [N, To]; ``valid`` [N] marks chunks inside the episode.
+    """
+    from interaction_jax.text import tokenizer
+
+    pred_chunks = np.flatnonzero(((pred == tokenizer.EPAD).any(-1)) & valid)
+    tgt_chunks = np.flatnonzero(((target == tokenizer.EPAD).any(-1)) & valid)
+    err = sum(min(EPAD_ERR_CAP, int(np.min(np.abs(pred_chunks - c)))) if pred_chunks.size else EPAD_ERR_CAP
+              for c in tgt_chunks)
+    false = int(np.sum((pred == tokenizer.EPAD) & (target == tokenizer.PAD) & valid[:, None]))
+    return float(err), float(false), int(tgt_chunks.size)
+
+
+def teacher_forced(config: Config, params: Any, tasks: tuple[str, ...], num_episodes: int, *,
+                   seed: int | None = None) -> dict[str, dict[str, float]]:
+    """Teacher-forced metrics (module docstring) of each task on ``num_episodes`` held-out episodes."""
+    from interaction_jax.data import synthetic
+    from interaction_jax.data.pipeline import crop_window, episode_arrays
+    from interaction_jax.data.synthetic.tasks import text_floor
+    from interaction_jax.evals.run import HELD_OUT_SEED
+    from interaction_jax.text import tokenizer
+
+    seed = HELD_OUT_SEED if seed is None else seed
+    loss_fn, logits_fn = _programs(config)
+    out: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        episodes = [synthetic.generate(task, seed + i, voice=config.data.voice, echo=config.data.echo)
+                    for i in range(num_episodes)]
+        # One padded length for every task (the training window, or more for long episodes): one compile.
+        w = max(config.data.window_chunks, max(ep.num_chunks for ep in episodes))
+        rows = [crop_window(episode_arrays(ep, config), 0, w) for ep in episodes]
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        m = {k: float(v) for k, v in loss_fn(params, batch).items()}
+        pred = np.argmax(np.asarray(logits_fn(params, batch)), -1)
+        err = false = count = 0.0
+        for i in range(num_episodes):
+            e, f, c = epad_timing(pred[i], batch["text_out"][i], batch["text_out_weight"][i, :, 0] > 0)
+            err, false, count = err + e, false + f, count + c
+        n_pad = float(np.sum((batch["text_out"] == tokenizer.PAD) & (batch["text_out_weight"] > 0)))
+        floor = text_floor(task)
+        out[task] = {
+            "text_loss": m["text_loss"], "text_floor": floor, "text_loss_above_floor": m["text_loss"] - floor,
+            "text_ce_pad": m["text_ce_pad"], "text_ce_epad": m["text_ce_epad"], "text_ce_word": m["text_ce_word"],
+            "word_acc": m["text_out_acc_word"], "epad_acc": m["text_out_acc_epad"],
+            "epad_timing_err_chunks": err / max(count, 1.0), "false_epad_rate": false / max(n_pad, 1.0),
+            "flow_loss": m["flow_loss"], "flow_loss_voiced": m["flow_loss_voiced"],
+            "flow_loss_silent": m["flow_loss_silent"], "episodes": float(num_episodes),
+        }
+    return out
+
+
+def markdown(results: dict[str, dict[str, float]]) -> str:
+    keys = ("text_loss_above_floor", "word_acc", "epad_acc", "epad_timing_err_chunks", "false_epad_rate",
+            "flow_loss_voiced", "flow_loss_silent")
+    lines = ["| task | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for task, m in results.items():
+        lines.append(f"| {task} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
+    return "\n".join(lines)
