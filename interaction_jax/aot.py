@@ -17,6 +17,7 @@ this module:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -142,10 +143,17 @@ def memory(compiled) -> dict[str, int]:
 
 
 def for_tpu(config: Config, num_slices: int) -> Config:
-    """The config as it runs on a TPU: splash attention picked explicitly (auto would see this CPU)."""
+    """The config as it runs on a TPU: splash attention picked explicitly (auto would see this CPU).
+
+    Splash tiles the sequence by 128. A config padded to a smaller multiple for CPU (tiny: 8) would make
+    ``auto`` fall back to dense attention on the TPU, so the TPU form pads to a multiple of 128 as well.
+    """
     t = config.model.transformer
     backend = "splash" if t.attention_backend == "auto" else t.attention_backend
     config = replace_transformer(config, attention_backend=backend)
+    if backend == "splash" and config.model.pad_multiple % 128:
+        model = dataclasses.replace(config.model, pad_multiple=math.lcm(config.model.pad_multiple, 128))
+        config = dataclasses.replace(config, model=model)
     mesh = dataclasses.replace(config.mesh, dcn_data=num_slices)
     return dataclasses.replace(config, mesh=mesh)
 

@@ -65,7 +65,7 @@ def dmel_table_init(frames_per_token: int, num_mels: int, noise: float = 0.3):
     """
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-        cells, bins, d = shape
+        _cells, bins, d = shape
         k_u, k_n = jax.random.split(key)
         u = jnp.tile(jax.random.normal(k_u, (num_mels, d)), (frames_per_token, 1))[:, None, :]
         rows = u + noise * jax.random.normal(k_n, shape)
@@ -103,7 +103,6 @@ class InteractionModel(nn.Module):
     def setup(self) -> None:
         lay = self.layout
         d = self.model.transformer.d_model
-        emb_init = nn.initializers.normal(stddev=0.02)
         unit_init = nn.initializers.normal(stddev=1.0)  # token embeddings start at RMS 1, like the video stem
         self.tick_embed = _param("tick_embed", ("embed",), unit_init, (d,), self)
         # As large as the content: a typed "7" and a spoken-by-me "7" share a row of text_embed, and only

@@ -198,8 +198,8 @@ def test_periodic_eval_logs_per_task_curves(tmp_path, devices):
     """train.eval_every: free-running scores and teacher-forced metrics per task land in metrics.jsonl."""
     from interaction_jax.train import train
 
-    config = small_config("train.steps=2", "train.eval_every=1", "train.eval_episodes=1", "mesh.data=1",
-                          "data.tasks=repeat,interrupt", "data.batch_size=1", "train.checkpoint_every=100")
+    config = small_config("train.steps=2", "train.eval_every=1", "train.eval_episodes=1", "mesh.data=-1",
+                          "data.tasks=repeat,interrupt", "data.batch_size=8", "train.checkpoint_every=100")
     result = train(config, tmp_path, quiet=True)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/repeat/content" in r]

@@ -292,8 +292,12 @@ def _check_exported(config: Config, params: Any) -> None:
     from interaction_jax import model as model_lib
     from interaction_jax.checkpoint import CheckpointError
 
-    want = jax.eval_shape(lambda: nn.unbox(model_lib.init(jax.random.key(0), config)))
-    got = jax.tree.map(lambda x: x.shape, params)
-    if jax.tree.structure(want) != jax.tree.structure(got) or any(
-            w.shape != g for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True)):
-        raise CheckpointError("the params export does not match its config.json (different model); re-export it")
+    def shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+        return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    want = shapes(jax.eval_shape(lambda: nn.unbox(model_lib.init(jax.random.key(0), config))))
+    got = shapes(params)
+    if want != got:
+        diff = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+        raise CheckpointError("the params export does not match its config.json (different model; first "
+                              f"mismatch: {diff[0]}); re-export it")

@@ -47,7 +47,10 @@ def test_timespeak():
     for seed in SEEDS:
         ep = synthetic.generate("timespeak", seed)
         gt, silent, late = _variants(ep)
-        assert gt["on_time"] == gt["text_on_time"] == 1.0 and abs(gt["timing_err_s"]) < 0.01
+        # the model speaks in the 200 ms interval that holds the target time, so the error is its onset's offset
+        truth = ep.labels["model_onset_s"] - ep.labels["target_time_s"]
+        assert gt["on_time"] == gt["text_on_time"] == 1.0 and abs(truth) < 0.25
+        assert gt["timing_err_s"] == pytest.approx(truth, abs=0.01)
         assert silent["on_time"] == 0.0 and math.isnan(silent["timing_err_s"])
         assert late["on_time"] == late["text_on_time"] == 0.0
 

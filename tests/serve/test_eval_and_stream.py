@@ -199,3 +199,9 @@ def test_export_is_a_params_only_model_that_streams(checkpoint, tmp_path, capsys
     (out / "params.npz").write_bytes(b"junk")
     assert main(["eval", "--checkpoint", str(out), "--task", "repeat", "--episodes", "1"]) == 2
     assert "not a readable params export" in capsys.readouterr().err
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    flat["tick_embed"] = flat["tick_embed"][:-1]  # one parameter of the wrong shape
+    np.savez(out / "params.npz", **flat)
+    assert main(["eval", "--checkpoint", str(out), "--task", "repeat", "--episodes", "1"]) == 2
+    assert "different model; first mismatch: ['tick_embed']" in capsys.readouterr().err
