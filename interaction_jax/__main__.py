@@ -113,7 +113,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif not args.checkpoint:
         raise synthetic.TaskError("eval needs --checkpoint (or --oracle, which needs no model)")
     else:
+        from interaction_jax.config import apply_overrides
+        from interaction_jax.serve.engine import check_params_match
+
         config, params = load_params(args.checkpoint)
+        if args.set:  # sampling knobs (model.flow_head.cfg_scale, sample_steps) or eval episodes; not shapes
+            config = apply_overrides(config, args.set)
+            check_params_match(config, params, f"--set {' '.join(args.set)} changes the model in {args.checkpoint}")
     tasks = config.data.tasks if args.task == "all" else tuple(args.task.split(","))
     unknown = [t for t in tasks if t not in synthetic.TASKS]
     if unknown:
@@ -279,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-forced", action="store_true", help="per-task teacher-forced metrics: word accuracy, "
                    "EPAD timing error, flow loss on voiced vs silent blocks")
     p.add_argument("--config", default=None, help="with --oracle and no checkpoint: config (default tiny)")
-    p.add_argument("--set", action="append", default=[], metavar="A.B=C")
+    p.add_argument("--set", action="append", default=[], metavar="A.B=C",
+                   help="override a config field; with --checkpoint, one that keeps the model's shapes "
+                   "(e.g. model.flow_head.cfg_scale=2)")
     p.add_argument("--task", default="all", help="task name, comma list, or all")
     p.add_argument("--episodes", type=int, default=8, help="held-out episodes per task")
     p.add_argument("--out", default=None, help="output directory (default: the checkpoint workdir)")

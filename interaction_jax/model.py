@@ -161,12 +161,13 @@ class InteractionModel(nn.Module):
         ``last_text`` [...] is the chunk's last text-out token: it is added to the first AUDIO_OUT slot, the
         next position in flat order. No other input carries it before the next chunk, so without it the
         voice of interval n+1 could not see the word it is meant to say (with the ``[EPAD, digit]`` layout,
-        never the digit).
+        never the digit). With ``model.text_to_voice="all"`` it is added to every AUDIO_OUT slot, so a block
+        need not find the word through attention, nor infer it from the tone it continues.
         """
         x = self.mel_in(blocks.astype(self.dtype))
         if last_text is not None:
-            first = jnp.take(self.text_embed, last_text, axis=0).astype(x.dtype)
-            x = x.at[..., 0, :].add(first)
+            word = jnp.take(self.text_embed, last_text, axis=0).astype(x.dtype)
+            x = x + word[..., None, :] if self.model.text_to_voice == "all" else x.at[..., 0, :].add(word)
         return self._slot(x, SlotType.AUDIO_OUT)
 
     def embed_inputs(self, audio_in, frames, frame_mask, text_in) -> jax.Array:
@@ -274,7 +275,7 @@ class InteractionModel(nn.Module):
         off_audio = lay.offset(SlotType.AUDIO_OUT)
         blocks, conds, prev = [], [], prev_mel
         for i in range(lay.num_audio):
-            x = self.embed_mel(prev[:, None], tokens[-1] if i == 0 else None)
+            x = self.embed_mel(prev[:, None], tokens[-1] if i == 0 or self.model.text_to_voice == "all" else None)
             h, cache, _ = self.run_transformer(x, base + off_audio + i, cache)
             conds.append(h[:, 0])
             sample = self.flow_head.sample_with_noise(
@@ -353,6 +354,13 @@ class Sampling:
     flow_steps: int = 8
     cfg_scale: float = 1.0
     flow_solver: str = "euler"  # "midpoint" reaches the true spread at 8 steps for 2x the head evaluations
+
+    @classmethod
+    def from_config(cls, config: Config) -> Sampling:
+        """Defaults from the config: ``model.flow_head.sample_steps`` and ``cfg_scale`` (so ``--set`` reaches
+        eval, stream and serve; every one of them used to sample with the class defaults)."""
+        head = config.model.flow_head
+        return cls(flow_steps=head.sample_steps, cfg_scale=head.cfg_scale)
 
 
 def sample_tokens(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:

@@ -305,3 +305,16 @@ def test_the_voice_sees_the_word_it_is_meant_to_say(setup):
     b = forward(cfg, params, jax.tree.map(jnp.asarray, other))["flow_cond"]
     assert not np.allclose(a[:, 1], b[:, 1], atol=1e-6)  # this chunk's voice changes
     np.testing.assert_allclose(a[:, 0], b[:, 0], atol=1e-6)  # earlier chunks do not
+
+
+@pytest.mark.parametrize("mode,slots_that_see_it", [("first", [0]), ("all", [0, 1, 2, 3])])
+def test_text_to_voice_adds_the_word_to_the_configured_audio_out_slots(setup, mode, slots_that_see_it):
+    cfg, params, _ = setup
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text_to_voice=mode))
+    model = InteractionModel.from_config(cfg)
+    lay = model_lib.Layout.from_config(cfg.audio, cfg.vision, cfg.text)
+    blocks = jnp.full((1, lay.num_audio, lay.mel_block), -1.0)
+    emb = jax.jit(lambda p, w: model.apply({"params": p}, blocks, w, method=InteractionModel.embed_mel))
+    a, b = emb(params, jnp.array([ord("4")])), emb(params, jnp.array([ord("2")]))
+    changed = [i for i in range(lay.num_audio) if not np.allclose(a[0, i], b[0, i])]
+    assert changed == slots_that_see_it

@@ -1,4 +1,4 @@
-"""002: the tiny model after the learning fixes, all five tasks, 60 minutes on 2 CPU cores.
+"""002: the tiny model after the learning fixes, all five tasks, ~55 minutes on 2 CPU cores.
 
 Command (the whole experiment, training + periodic and final free-running evaluation):
     python -m interaction_jax train --config experiments/002_learning/config.py --workdir runs/002
@@ -19,6 +19,6 @@ def get_config():
         name="002_learning",
         # repeat (copying heard digits) is the slowest skill to form: it gets twice the share of windows
         data=dataclasses.replace(config.data, batch_size=4, task_weights=(2.0, 1.0, 1.0, 1.0, 1.0)),
-        train=dataclasses.replace(config.train, steps=2000, warmup_steps=100, log_every=10,
-                                  checkpoint_every=250, eval_every=250, eval_episodes=8),
+        train=dataclasses.replace(config.train, steps=1500, warmup_steps=100, log_every=10,
+                                  checkpoint_every=300, eval_every=300, eval_episodes=8),
     )

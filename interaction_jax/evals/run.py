@@ -68,7 +68,7 @@ def cache_chunks_for(config: Config, n_chunks: int) -> int:
 
 
 def run_task(config: Config, params: Any, task: str, num_episodes: int, *, seed: int = HELD_OUT_SEED,
-             sampling: Sampling = Sampling(), progress: bool = True, source: str = "model",
+             sampling: Sampling | None = None, progress: bool = True, source: str = "model",
              oracle_noise: float = 0.0, row_invariant: bool = False) -> dict[str, Any]:
     """Free-run ``num_episodes`` held-out episodes of ``task``; returns per-episode metrics and the audio."""
     from interaction_jax.data import synthetic
@@ -165,7 +165,7 @@ def _oracle(config, params, task, episodes, *, seed, oracle_noise, progress, **_
 
 
 def evaluate(config: Config, params: Any, tasks: tuple[str, ...], num_episodes: int, out_dir: Path | None = None,
-             *, sampling: Sampling = Sampling(), progress: bool = True, source: str = "model",
+             *, sampling: Sampling | None = None, progress: bool = True, source: str = "model",
              oracle_noise: float = 0.0) -> dict[str, dict[str, float]]:
     """Run every task; write results.md, results.json, example WAVs and mel PNGs under ``out_dir``."""
     results: dict[str, dict[str, float]] = {}

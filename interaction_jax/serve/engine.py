@@ -49,11 +49,12 @@ class Engine:
     """``B`` session slots of one model. ``step`` runs one micro-turn for all of them."""
 
     def __init__(self, config: Config, params: Any, *, batch_slots: int, cache_chunks: int | None = None,
-                 sampling: Sampling = Sampling(), row_invariant: bool = False):
+                 sampling: Sampling | None = None, row_invariant: bool = False):
         """``row_invariant``: decode row by row so outputs are bit-identical across *different* slot counts
         (slower on CPU). Without it, a session's outputs are still independent of what the other slots
         hold, because rows never interact and the shapes are fixed by ``batch_slots``."""
-        self.config, self.params, self.batch_slots, self.sampling = config, params, batch_slots, sampling
+        self.config, self.params, self.batch_slots = config, params, batch_slots
+        self.sampling = sampling or Sampling.from_config(config)
         self.row_invariant = row_invariant
         self.model = InteractionModel.from_config(config)
         self.layout = Layout.from_config(config.audio, config.vision, config.text)
@@ -65,7 +66,7 @@ class Engine:
                              f"got {self.cache_len} ({self.cache_chunks} chunks)")
         # Compiled once per (config, sampling, mode, shapes) and shared by every Engine with the same key:
         # evaluating five tasks or reloading a checkpoint does not recompile.
-        key = (config, sampling, row_invariant, batch_slots, self.cache_chunks)
+        key = (config, self.sampling, row_invariant, batch_slots, self.cache_chunks)
         if key not in _COMPILED:
             program = Engine.__new__(Engine)
             program.__dict__.update({k: v for k, v in self.__dict__.items() if k != "params"})
@@ -274,7 +275,7 @@ def load_params(checkpoint_dir: str, config: Config | None = None) -> tuple[Conf
     path = as_path(checkpoint_dir)  # local or gs://
     if (path / EXPORT_FILE).exists():  # a params-only export (`python -m interaction_jax export`)
         exported_config, params = load_exported(path)
-        _check_exported(config or exported_config, params)
+        check_params_match(config or exported_config, params)
         return config or exported_config, params
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
@@ -287,8 +288,9 @@ def load_params(checkpoint_dir: str, config: Config | None = None) -> tuple[Conf
     return config, nn.unbox(state.params)
 
 
-def _check_exported(config: Config, params: Any) -> None:
-    """An export's arrays must match the model its config describes (a clear error instead of a jit one)."""
+def check_params_match(config: Config, params: Any,
+                       what: str = "the params export does not match its config.json") -> None:
+    """Params must match the model ``config`` describes (a clear error instead of a jit one)."""
     from interaction_jax import model as model_lib
     from interaction_jax.checkpoint import CheckpointError
 
@@ -299,5 +301,4 @@ def _check_exported(config: Config, params: Any) -> None:
     got = shapes(params)
     if want != got:
         diff = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
-        raise CheckpointError("the params export does not match its config.json (different model; first "
-                              f"mismatch: {diff[0]}); re-export it")
+        raise CheckpointError(f"{what} (different model; first mismatch: {diff[0]})")

@@ -91,7 +91,7 @@ def read_text_events(path: str | Path) -> list[tuple[float, str]]:
 
 
 def stream_file(config: Config, params: Any, audio: np.ndarray, *, frames: np.ndarray | None = None,
-                text_events: list[tuple[float, str]] = (), sampling: Sampling = Sampling(), seed: int = 0,
+                text_events: list[tuple[float, str]] = (), sampling: Sampling | None = None, seed: int = 0,
                 progress: bool = True) -> dict[str, Any]:
     """Run one session over a whole recording; returns the output wave, transcript and per-step RTF."""
     from interaction_jax.data.pipeline import text_in_stream

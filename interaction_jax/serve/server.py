@@ -55,7 +55,7 @@ class Connection:
 class Server:
     """Owns the engine; a single batching task steps every session that has sent a chunk."""
 
-    def __init__(self, config: Config, params: Any, *, slots: int = 8, sampling: Sampling = Sampling(),
+    def __init__(self, config: Config, params: Any, *, slots: int = 8, sampling: Sampling | None = None,
                  on_delegate: Callable[[int, str], str | None] | None = None, batch_wait_s: float = 0.01,
                  row_invariant: bool = True):
         self.config = config

@@ -123,3 +123,17 @@ def test_audible_until():
     wave[4000:4800] = 0.1
     assert audible_until(wave) == pytest.approx(0.3)
     assert audible_until(np.zeros(10)) == 0.0
+
+
+@pytest.mark.parametrize("task", ["repeat", "timespeak", "cuespeak", "repcount", "interrupt"])
+def test_voice_match_measures_whether_the_voice_says_the_text(task):
+    """voice_match: 1 for the ground-truth voice and text; 0 for silence; NaN without text symbols."""
+    for seed in range(3):
+        ep = synthetic.generate(task, seed)
+        assert synthetic.score(ep.labels, ep.model_audio, ep.model_words)["voice_match"] == 1.0
+        assert synthetic.score(ep.labels, np.zeros_like(ep.model_audio), ep.model_words)["voice_match"] == 0.0
+        assert math.isnan(synthetic.score(ep.labels, ep.model_audio, [])["voice_match"])
+        # the same voice under text that names a digit it never says does not match
+        other = min(set("0123456789") - {ch for _, w in ep.model_words for ch in w})
+        wrong = [(t, other * len(w)) for t, w in ep.model_words]
+        assert synthetic.score(ep.labels, ep.model_audio, wrong)["voice_match"] == 0.0

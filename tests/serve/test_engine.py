@@ -48,8 +48,10 @@ def run(engine, audio, frames, text, seeds, rows_mask=None):
     return state, outs
 
 
-def test_streaming_equals_teacher_forced_forward(setup):
+@pytest.mark.parametrize("text_to_voice", ["first", "all"])
+def test_streaming_equals_teacher_forced_forward(setup, text_to_voice):
     cfg, params = setup
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text_to_voice=text_to_voice))
     n = 6
     engine = Engine(cfg, params, batch_slots=1, cache_chunks=8, sampling=SAMPLING)
     audio, frames, text = inputs(n, 1, 0)
@@ -186,3 +188,14 @@ def test_sampling_is_greedy_at_zero_temperature():
     assert model_lib.sample_tokens(logits, keys, Sampling()).tolist() == [1, 0]
     top1 = model_lib.sample_tokens(logits, keys, dataclasses.replace(SAMPLING, top_k=1))
     assert top1.tolist() == [1, 0]
+
+
+def test_sampling_defaults_come_from_the_config(setup):
+    """`--set model.flow_head.cfg_scale=2` must reach eval/stream/serve (they all build an Engine)."""
+    cfg, params = setup
+    head = dataclasses.replace(cfg.model.flow_head, cfg_scale=2.0, sample_steps=4)
+    guided = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, flow_head=head))
+    engine = Engine(guided, params, batch_slots=1, cache_chunks=4)
+    assert (engine.sampling.cfg_scale, engine.sampling.flow_steps) == (2.0, 4)
+    explicit = Engine(guided, params, batch_slots=1, cache_chunks=4, sampling=SAMPLING)
+    assert explicit.sampling == SAMPLING

@@ -40,6 +40,8 @@ TIMESPEAK_TOL_S = 0.4
 CUESPEAK_WINDOW_S = 0.6
 REPCOUNT_WINDOW_S = 0.6
 YIELD_TOL_S = 0.4
+VOICE_EARLY_S = 0.05  # the decoder may place an onset up to this early
+CHUNK_S = 0.2
 SILENCE_DBFS = -40.0  # 20 ms frames with RMS above this count as audible
 TextEvents = Sequence[tuple[float, str]]
 # The headline metric of each task (its goal in the learning issue), shown in progress lines and curves.
@@ -148,9 +150,28 @@ def _score_interrupt(labels: dict[str, Any], heard: list[tuple[float, str]], wav
     }
 
 
+def voice_match(heard: Sequence[tuple[float, str]], text: TextEvents) -> float:
+    """Fraction of the model's own text-out symbols that its voice says in the same interval (NaN if none).
+
+    A text symbol stamped t (the start of the interval it describes) is matched by a heard onset of the
+    same symbol in [t - VOICE_EARLY_S, t + CHUNK_S]. It measures the voice alone: whether it renders what
+    the text says, right or wrong. (Content scores mix this with whether the text itself is right.)
+    """
+    symbols = [(float(t), ch) for t, word in text for ch in str(word) if not ch.isspace()]
+    if not symbols:
+        return NAN
+    hits = [any(s == sym and t - VOICE_EARLY_S <= th <= t + CHUNK_S for th, s in heard) for t, sym in symbols]
+    return float(np.mean(hits))
+
+
 def _score_single(labels: dict[str, Any], wave: np.ndarray, text: TextEvents) -> dict[str, float]:
-    task = labels["task"]
     heard = _decode(labels, wave)
+    return {**_score_task(labels, heard, wave, text), "voice_match": voice_match(heard, text)}
+
+
+def _score_task(labels: dict[str, Any], heard: list[tuple[float, str]], wave: np.ndarray,
+                text: TextEvents) -> dict[str, float]:
+    task = labels["task"]
     if task == "repeat":
         return _score_repeat(labels, heard, text)
     if task == "timespeak":
@@ -182,7 +203,7 @@ def score(labels: dict[str, Any], out_wave: np.ndarray, out_text_events: TextEve
 
 
 def _finite_only(key: str) -> bool:
-    return key.endswith(("latency_s", "_err_s"))
+    return key.endswith(("latency_s", "_err_s", "voice_match"))
 
 
 def _mean(values: Sequence[float], finite_only: bool) -> float:
