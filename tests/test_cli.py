@@ -90,3 +90,13 @@ def test_curves_plots_metrics_and_rejects_bad_files(tmp_path, capsys):
     assert main(["curves", str(run), "--out", str(out)]) == 2
     assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
     assert main(["curves", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_quickstart_goal_table_shows_score_goal_and_voice_match():
+    from interaction_jax.demo import goal_table
+
+    table = goal_table({"repeat": {"content": 1.0, "latency_s": 0.3, "voice_match": 0.5},
+                        "interrupt": {"yield_rate": 0.25}})
+    assert "| repeat | content | 1.00 | >= 0.9 | 0.50 |" in table
+    assert "| interrupt | yield_rate | 0.25 | >= 0.9 | nan |" in table
+    assert "timespeak" not in table  # tasks that were not evaluated are left out

@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,11 @@ class Server:
         self.state = self.engine.init_state()
         self.free = list(range(slots))
         self.conns: dict[int, Connection] = {}
-        self.inbox: dict[int, np.ndarray] = {}
+        self.inbox: dict[int, tuple[Connection, np.ndarray]] = {}
+        # Session starts are applied by the stepping thread, before its next step: the engine state is
+        # donated to an in-flight step, so resetting it from the event loop crashed ("Array has been deleted").
+        self._resets: dict[int, int] = {}  # slot -> seed
+        self._resets_lock = threading.Lock()
         self.on_delegate = on_delegate
         self.batch_wait_s = batch_wait_s
         self.wake = asyncio.Event()
@@ -81,9 +86,23 @@ class Server:
             if ready:
                 await asyncio.get_running_loop().run_in_executor(None, self._step, ready)
 
-    def _step(self, ready: dict[int, np.ndarray]) -> None:
+    def _apply_resets(self) -> None:
+        with self._resets_lock:
+            resets, self._resets = self._resets, {}
+        if resets:
+            b = self.engine.batch_slots
+            rows, seeds = np.zeros(b, bool), np.zeros(b, np.uint32)
+            for slot, seed in resets.items():
+                rows[slot], seeds[slot] = True, seed
+            self.state = self.engine.reset(self.state, rows, seeds)
+
+    def _step(self, ready: dict[int, tuple[Connection, np.ndarray]]) -> None:
         eng, b = self.engine, self.engine.batch_slots
         lay = eng.layout
+        # a session that closed (or whose slot was taken by a new one) while its chunk waited is skipped
+        ready = {slot: (conn, chunk) for slot, (conn, chunk) in ready.items() if self.conns.get(slot) is conn}
+        if not ready:
+            return
         audio = np.zeros((b, self.config.audio.chunk_samples), np.float32)
         text_in = np.full((b, lay.num_text_in), tokenizer.PAD, np.int32)
         active = np.zeros(b, bool)
@@ -91,20 +110,19 @@ class Server:
         if lay.num_video:
             frames = np.zeros((b, self.config.vision.height, self.config.vision.width, 3), np.uint8)
             mask = np.zeros(b, bool)
-        for slot, chunk in ready.items():
-            conn = self.conns[slot]
+        for slot, (conn, chunk) in ready.items():
             audio[slot], active[slot] = chunk, True
             text_in[slot] = conn.text.pop_chunk()
             if frames is not None and conn.frame is not None:
                 frames[slot], mask[slot] = conn.frame, True
         try:
+            self._apply_resets()
             self.state, out = eng.step(self.state, audio, frames, mask, text_in, active=active, advance=active)
             error = None
         except Exception as e:  # e.g. SessionEnded: report to those sessions, keep serving the rest
             out, error = None, e
         self.steps += 1
-        for slot in ready:
-            conn = self.conns[slot]
+        for slot, (conn, _) in ready.items():
             if conn.pending is not None and not conn.pending.done():
                 result = error if error is not None else {k: (v[slot] if isinstance(v, np.ndarray) else v)
                                                           for k, v in out.items()}
@@ -123,20 +141,29 @@ class Server:
             if not self.free:
                 await ws.close(1013, f"server full ({self.engine.batch_slots} sessions)")
                 return
+            seed = msg.get("seed", self.free[0])
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+                await ws.close(1007, "seed must be an integer in [0, 2**32)")
+                return
             slot = self.free.pop(0)
-            seed = int(msg.get("seed", slot))
-            self.state = self.engine.reset(self.state, np.arange(self.engine.batch_slots) == slot,
-                                           np.full(self.engine.batch_slots, seed))
+            with self._resets_lock:
+                self._resets[slot] = seed
             conn = Connection(slot=slot, text=TextInQueue(self.engine.layout.num_text_in))
             self.conns[slot] = conn
-            await ws.send(json.dumps({"type": "ready", "session": slot, "sample_rate": self.config.audio.sample_rate,
-                                      "chunk_samples": self.config.audio.chunk_samples}))
-            try:
+            try:  # from here on the slot goes back to the pool however the session ends
+                await ws.send(json.dumps({"type": "ready", "session": slot,
+                                          "sample_rate": self.config.audio.sample_rate,
+                                          "chunk_samples": self.config.audio.chunk_samples}))
                 async for message in ws:
                     reason = await self._on_message(ws, conn, message)
                     if reason:
                         await ws.close(*reason)
                         return
+            except ConnectionClosed:
+                raise
+            except Exception as e:  # a bug must not cost a slot or close the socket without a reason
+                print(f"[serve] session {slot}: {type(e).__name__}: {e}", flush=True)
+                await ws.close(1011, f"server error: {type(e).__name__}: {e}"[:120])
             finally:
                 self.conns.pop(slot, None)
                 self.inbox.pop(slot, None)
@@ -169,7 +196,7 @@ class Server:
             return 1007, f"audio chunk must be {expected} bytes of PCM16 (200 ms), got {len(payload)}"
         chunk = np.frombuffer(payload, "<i2").astype(np.float32) / 32768.0
         conn.pending = asyncio.get_running_loop().create_future()
-        self.inbox[conn.slot] = chunk
+        self.inbox[conn.slot] = (conn, chunk)
         self.wake.set()
         result = await conn.pending
         if isinstance(result, Exception):

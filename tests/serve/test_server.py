@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import jax
@@ -116,3 +117,56 @@ def test_server_refuses_when_full(model):
 
     code, reason = asyncio.run(scenario())
     assert code == 1013 and "full" in reason
+
+
+def test_sessions_start_and_stop_while_a_step_is_in_flight(model):
+    """Start/Stop while another session's step runs: the engine state is donated to that step, so a reset
+    from the event loop crashed with "Array has been deleted" and lost the slot. Resets now happen in the
+    stepping thread; the streaming session is unaffected and every slot comes back."""
+    cfg, params = model
+    rng = np.random.default_rng(1)
+    waves = [np.frombuffer(pcm((0.1 * rng.standard_normal(3200)).astype(np.float32))[1:], "<i2").astype(
+        np.float32) / 32768.0 for _ in range(6)]
+
+    async def scenario():
+        server = Server(cfg, params, slots=2)
+        original = server.engine.step
+
+        def slow_step(*args, **kwargs):  # hold each step in flight long enough for the other session to act
+            out = original(*args, **kwargs)
+            time.sleep(0.15)
+            return out
+
+        server.engine.step = slow_step
+        ready, stop = asyncio.Event(), asyncio.Event()
+        ports: list[int] = []
+        task = asyncio.create_task(serve(server, "127.0.0.1", 0, ready=ready, stop=stop, port_out=ports))
+        await ready.wait()
+        streaming = asyncio.create_task(client(ports[0], 5, waves))
+        starts = fulls = 0
+        while not streaming.done():  # a second user pressing Start / Stop over and over
+            async with websockets.connect(f"ws://127.0.0.1:{ports[0]}/") as ws:
+                await ws.send(json.dumps({"type": "start", "seed": starts}))
+                try:
+                    assert json.loads(await ws.recv())["type"] == "ready"
+                except websockets.ConnectionClosed as e:  # a slot lost to a crashed session never comes back
+                    assert e.rcvd.code == 1013
+                    fulls += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                starts += 1
+                await ws.send(pcm(waves[0]))
+                assert isinstance(await ws.recv(), bytes)  # its own chunk came back
+        audio = await streaming
+        bad_seed = await closed_reason(ports[0], ['{"type": "start", "seed": -3}'])
+        stop.set()
+        await task
+        return audio, starts, fulls, bad_seed, server
+
+    audio, starts, fulls, bad_seed, server = asyncio.run(scenario())
+    assert starts >= 3 and fulls == 0  # the race was really exercised, and no slot was lost
+    ref = stream_file(cfg, params, np.concatenate(waves), seed=5, progress=False)
+    expected = (np.clip(ref["audio"], -1, 1) * 32767).astype("<i2")
+    np.testing.assert_array_equal(audio[: 3200 * 5], expected[3200:])
+    assert sorted(server.free) == [0, 1]
+    assert bad_seed == (1007, "seed must be an integer in [0, 2**32)")
