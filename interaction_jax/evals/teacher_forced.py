@@ -13,7 +13,10 @@ Metrics per task (``{task: {metric: value}}``):
 * ``word_acc``, ``epad_acc``: greedy accuracy on word / EPAD targets;
 * ``epad_timing_err_chunks``: for each target EPAD, chunks to the nearest predicted EPAD (capped at
   ``EPAD_ERR_CAP`` when none is predicted), averaged; ``false_epad_rate``: predicted EPADs on PAD targets;
-* ``flow_loss``, ``flow_loss_voiced``, ``flow_loss_silent``: flow loss overall and by block kind.
+* ``flow_loss``, ``flow_loss_voiced``, ``flow_loss_silent``: flow loss overall and by block kind;
+* ``word_acc_pos{i}``: greedy accuracy of each episode's i-th word target (i < ``WORD_POSITIONS``): in
+  ``repeat`` the first digit can be named from the last tones heard, the later ones must be fetched from
+  further back (an induction-style copy), so the two are learned at very different speeds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from interaction_jax.config import Config
 
 EPAD_ERR_CAP = 5
+WORD_POSITIONS = 6
 
 
 @functools.lru_cache(maxsize=4)
@@ -77,9 +81,14 @@ def teacher_forced(config: Config, params: Any, tasks: tuple[str, ...], num_epis
         m = {k: float(v) for k, v in loss_fn(params, batch).items()}
         pred = np.argmax(np.asarray(logits_fn(params, batch)), -1)
         err = false = count = 0.0
+        hits, seen = np.zeros(WORD_POSITIONS), np.zeros(WORD_POSITIONS)
         for i in range(num_episodes):
             e, f, c = epad_timing(pred[i], batch["text_out"][i], batch["text_out_weight"][i, :, 0] > 0)
             err, false, count = err + e, false + f, count + c
+            target = batch["text_out"][i].reshape(-1)
+            words = np.flatnonzero((target < 256) & (batch["text_out_weight"][i].reshape(-1) > 0))[:WORD_POSITIONS]
+            hits[: words.size] += pred[i].reshape(-1)[words] == target[words]
+            seen[: words.size] += 1
         n_pad = float(np.sum((batch["text_out"] == tokenizer.PAD) & (batch["text_out_weight"] > 0)))
         floor = text_floor(task)
         out[task] = {
@@ -89,6 +98,7 @@ def teacher_forced(config: Config, params: Any, tasks: tuple[str, ...], num_epis
             "epad_timing_err_chunks": err / max(count, 1.0), "false_epad_rate": false / max(n_pad, 1.0),
             "flow_loss": m["flow_loss"], "flow_loss_voiced": m["flow_loss_voiced"],
             "flow_loss_silent": m["flow_loss_silent"], "episodes": float(num_episodes),
+            **{f"word_acc_pos{j}": float(hits[j] / seen[j]) for j in range(WORD_POSITIONS) if seen[j]},
         }
     return out
 
