@@ -86,6 +86,17 @@ def test_curves_plots_metrics_and_rejects_bad_files(tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(wide).size[0] > Image.open(out).size[0]  # two more panels
+    # the final evaluation (eval/results.json, written after the last step) ends the score curves
+    final = tmp_path / "final"
+    (final / "eval").mkdir(parents=True)
+    (final / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:3]) + "\n")
+    (final / "eval" / "results.json").write_text(json.dumps({"repeat": {"content": 1.0, "voice_match": 0.5}}))
+    merged = read_metrics(final)
+    assert merged[-1]["step"] == 3 and merged[-1]["eval/repeat/content"] == 1.0
+    assert task_series(merged, "eval")["eval/repeat/voice_match"] == ([3], [0.5])
+    (final / "eval" / "results.json").write_text("{oops")
+    assert main(["curves", str(final), "--out", str(out)]) == 2
+    assert "results.json: not JSON" in capsys.readouterr().err
     (run / "metrics.jsonl").write_text('{"step": 1}\n{not json\n')
     assert main(["curves", str(run), "--out", str(out)]) == 2
     assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err

@@ -25,7 +25,8 @@ class MetricsError(ValueError):
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Rows of ``metrics.jsonl`` (a run dir or the file), sorted by step; the last row wins for a repeated
-    step (a resumed run re-logs from its checkpoint)."""
+    step (a resumed run re-logs from its checkpoint). The final evaluation (``eval/results.json`` beside
+    the file) joins the last step, so score curves end where training ended."""
     path = as_path(path)  # local or gs://
     if path.is_dir():
         path = path / "metrics.jsonl"
@@ -43,6 +44,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             rows.setdefault(int(row["step"]), {}).update(row)
     if not rows:
         raise MetricsError(f"{path} holds no logged steps")
+    last = rows[max(rows)]
+    final = path.parent / "eval" / "results.json"  # the evaluation `train` runs after its last step
+    if final.exists() and not any(k.startswith("eval/") for k in last):
+        try:
+            results = json.loads(final.read_text())
+        except json.JSONDecodeError as e:
+            raise MetricsError(f"{final}: not JSON ({e.msg})") from e
+        last.update({f"eval/{task}/{k}": v for task, m in results.items() if isinstance(m, dict)
+                     for k, v in m.items()})
     return [rows[s] for s in sorted(rows)]
 
 
@@ -70,14 +80,16 @@ def plot(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> Path:
 
     train_rows = [r for r in rows if "loss" in r]
     free = {k: v for k, v in task_series(rows, "eval").items() if k.split("/")[-1] == HEADLINE.get(k.split("/")[1])}
+    voice = {k: v for k, v in task_series(rows, "eval").items() if k.endswith("/voice_match")}
     forced = {k: v for k, v in task_series(rows, "tf").items() if k.endswith("/word_acc")}
-    panels = len(PANELS) + bool(free) + bool(forced)
+    panels = len(PANELS) + bool(free) + bool(voice) + bool(forced)
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2))
     steps = [r["step"] for r in train_rows]
     for ax, (key, label) in zip(axes, PANELS, strict=False):
         ax.plot(steps, [r.get(key, float("nan")) for r in train_rows])
         ax.set_title(label, fontsize=9)
-    extra = [("free-running task score (held out)", free), ("teacher-forced word accuracy per task", forced)]
+    extra = [("free-running task score (held out)", free), ("voice says what its text says (voice_match)", voice),
+             ("teacher-forced word accuracy per task", forced)]
     for ax, (label, series) in zip(axes[len(PANELS):], [e for e in extra if e[1]], strict=True):
         for key, (s, v) in sorted(series.items()):
             ax.plot(s, v, marker="o", ms=3, label=f"{key.split('/')[1]} {key.split('/')[2]}")
