@@ -110,7 +110,7 @@ class Trainer:
         (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, batch, rng)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": self.schedule(state.step)}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "lr": self.schedule(state.step)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval_loss(self, state: TrainState, batch):
