@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from interaction_jax.data.episode import CHUNK_SAMPLES
 from interaction_jax.data.synthetic.voices import SAMPLE_RATE, get_voice
 
 NAN = float("nan")
@@ -41,7 +42,7 @@ CUESPEAK_WINDOW_S = 0.6
 REPCOUNT_WINDOW_S = 0.6
 YIELD_TOL_S = 0.4
 VOICE_EARLY_S = 0.05  # the decoder may place an onset up to this early
-CHUNK_S = 0.2
+CHUNK_S = CHUNK_SAMPLES / SAMPLE_RATE
 SILENCE_DBFS = -40.0  # 20 ms frames with RMS above this count as audible
 TextEvents = Sequence[tuple[float, str]]
 # The headline metric of each task (its goal in the learning issue), shown in progress lines and curves.
