@@ -331,10 +331,6 @@ def denormalize_mel(x, config: AudioConfig | None = None):
     return (0.5 * (x + 1.0) * (ceiling - floor) + floor).astype(jnp.float32 if isinstance(x, jax.Array) else np.float32)
 
 
-def silence_log_mel(config: AudioConfig | None = None) -> np.ndarray:
-    """log10-mel of digital silence per channel (float32 [n_mels]): what ``denormalize_mel(-1)`` returns."""
-    return mel_range(config)[0]
-
 
 # ------------------------------------------------------------------------------------------------------------
 # Streaming

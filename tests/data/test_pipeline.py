@@ -94,6 +94,9 @@ def test_layout_must_fit_the_task_timing():
     bad = dataclasses.replace(c, text=dataclasses.replace(c.text, text_in_slots=1))
     with pytest.raises(ValueError, match="text_in_slots=1"):
         pipeline.make_iterator(bad)
+    bad = dataclasses.replace(c, text=dataclasses.replace(c.text, text_out_slots=1))
+    with pytest.raises(ValueError, match="text_out_slots=1: need >= 2"):
+        pipeline.make_iterator(bad)
 
 
 def test_deterministic_and_resumable():
