@@ -90,6 +90,11 @@ def _chunk_of(t: float) -> int:
     return math.floor(t / CHUNK_S + 1e-9)
 
 
+def _boundary_at_or_after(t: float) -> int:
+    """Index of the first chunk boundary at or after time t (t on a boundary is that boundary)."""
+    return math.ceil(t / CHUNK_S - 1e-9)
+
+
 def _utterance(voice: Voice, rng: np.random.Generator, symbols: str) -> tuple[list[float], list[float], float]:
     """Durations, relative onsets and total span of ``symbols`` spoken by the user with GAP_S gaps."""
     durs = voice.durations(list(symbols), rng)
@@ -118,7 +123,7 @@ def _end(events: list[Event]) -> float:
 
 def _length(rng: np.random.Generator, n: int | None, last_sound_s: float, task: str) -> int:
     """Chunks of an episode whose last sound ends at ``last_sound_s``: the minimum, plus a random tail."""
-    need = math.ceil((last_sound_s + TAIL_S) / CHUNK_S - 1e-9)
+    need = _boundary_at_or_after(last_sound_s + TAIL_S)
     if n is None:
         return need + int(rng.integers(0, EXTRA_TAIL_CHUNKS + 1))
     if need > n:
@@ -150,7 +155,7 @@ def _plan_repeat(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int
     start = _q(rng.uniform(0.2, 1.0))
     user_ev = _events(start, digits, u_durs, u_rel)
     user_end = _end(user_ev)
-    reply_chunk = math.ceil((user_end + REPLY_SILENCE_S) / CHUNK_S - 1e-9)
+    reply_chunk = _boundary_at_or_after(user_end + REPLY_SILENCE_S)
     model_ev = _model_says(model_v, rng, digits, reply_chunk)
     n = _length(rng, n, _end(model_ev), "repeat")
     return _Draft(n, _render(user_v, user_ev, n, rng), _render(model_v, model_ev, n, rng), None, [],
@@ -215,7 +220,7 @@ def _plan_repcount(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: i
     period = float(rng.uniform(0.7, max(0.7, min(1.2, fits(count)))))
     motion = fr.random_motion(rng, start, period, count)
     rep_times = motion.rep_times()
-    first_frames = [math.ceil(rep / CHUNK_S - 1e-9) for rep in rep_times]  # first frame showing rep k done
+    first_frames = [_boundary_at_or_after(rep) for rep in rep_times]  # first frame showing rep k done
     model_ev: list[Event] = []
     for k, f in enumerate(first_frames, start=1):
         model_ev += _model_says(model_v, rng, str(k), f + 1)
