@@ -6,7 +6,6 @@ Heavy imports happen inside each command so ``config`` and ``--help`` answer ins
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -181,18 +180,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
-
     from interaction_jax.serve.engine import load_params
-    from interaction_jax.serve.server import Server, serve
+    from interaction_jax.serve.server import Server, serve_forever
 
     config, params = load_params(args.checkpoint)
-
-    async def main() -> None:
-        await serve(Server(config, params, slots=args.slots), args.host, args.port)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    serve_forever(Server(config, params, slots=args.slots, row_invariant=args.row_invariant), args.host, args.port)
     return 0
 
 
@@ -316,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--slots", type=int, default=8, help="concurrent sessions batched per step")
+    p.add_argument("--row-invariant", action="store_true",
+                   help="decode row by row: each session bit-identical to `stream` file mode (slower)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("data", help="synthesize, convert and draw episode shards")
@@ -359,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks -> markdown table + JSON")
     p.add_argument("name", choices=["dmel", "compile", "train", "data", "stream"])
     p.add_argument("--json", help="write results here")
+    p.add_argument("--plot", help="stream: step time vs context PNG (default: the --json path with .png)")
     p.add_argument("--seconds", type=float, default=60.0, help="dmel: seconds of audio")
     p.add_argument("--config", default=None, help="compile/train/data: config (default configs/tiny.py)")
     p.add_argument("--set", action="append", default=[], metavar="A.B=C", help="train: config overrides")

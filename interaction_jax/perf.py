@@ -54,6 +54,22 @@ def measured_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5
     return 2 * n**3 * chain / best
 
 
+@functools.lru_cache(maxsize=4)
+def measured_memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes/s that a reduction streams from memory on device 0, best of ``repeats`` (the roofline a decode
+    step, which reads weights and cache once, is measured against). Larger than any CPU cache."""
+    dev = jax.local_devices()[0]
+    x = jax.device_put(jnp.ones((megabytes * 2**20 // 4,), jnp.float32), dev)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        total(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return x.nbytes / best
+
+
 def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
     """(peak FLOP/s of one device, where the figure comes from)."""
     dev = jax.local_devices()[0]

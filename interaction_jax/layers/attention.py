@@ -11,8 +11,12 @@ The kernels only see the *full-sequence* training path and assume each row's pos
 
 GQA in ``dot`` reshapes queries to ``[B, T, Hkv, G, D]`` so K/V are never repeated in memory.
 
-KV cache (one per layer): ``{"k": [B, C, Hkv, D], "v": [B, C, Hkv, D], "pos": [B, C] int32}``, ``pos`` is
-the absolute position held by each slot (-1 = empty) and a token at position ``p`` lives in slot ``p % C``.
+KV cache (one per layer): ``{"k": [B, Hkv, C, D], "v": [B, Hkv, C, D], "pos": [B, C] int32}``, head-major
+so the decode dots read keys in place (a ``[B, C, Hkv, D]`` cache made XLA transpose the whole cache on
+every call); ``pos`` is the absolute position held by each slot (-1 = empty) and a token at position ``p``
+lives in slot ``p % C``. Decode is flash-decoding (``decode_attention="flash"``): fixed-size key blocks
+with an online softmax and a *dynamic* trip count that stops after the last block holding a visible key,
+so a step's cost follows the filled context, not the allocation, and nothing recompiles as it fills.
 A step attends the new queries to ``old cache ++ new keys`` and then writes the new keys. Attending *before*
 the write (instead of write-then-attend) means a chunk longer than 1 never overwrites keys that its own
 earliest queries still need, so a rolling cache is exact for sliding-window attention whenever
@@ -230,9 +234,11 @@ def attend(
 
 
 def init_cache(config: TransformerConfig, batch: int, cache_len: int, dtype: Any = None) -> Cache:
-    """Empty cache for the whole stack: k/v ``[L, B, C, Hkv, D]`` zeros, pos ``[L, B, C]`` = -1."""
-    dtype = to_dtype(dtype if dtype is not None else config.dtype)
-    kv_shape = (config.num_layers, batch, cache_len, config.num_kv_heads, config.head_dim)
+    """Empty cache for the whole stack: k/v ``[L, B, Hkv, C, D]`` zeros, pos ``[L, B, C]`` = -1.
+
+    ``dtype`` defaults to ``config.cache_dtype`` (or the compute dtype when that is empty)."""
+    dtype = to_dtype(dtype if dtype is not None else (config.cache_dtype or config.dtype))
+    kv_shape = (config.num_layers, batch, config.num_kv_heads, cache_len, config.head_dim)
     return {
         "k": jnp.zeros(kv_shape, dtype),
         "v": jnp.zeros(kv_shape, dtype),
@@ -243,8 +249,8 @@ def init_cache(config: TransformerConfig, batch: int, cache_len: int, dtype: Any
 def cache_logical_axes() -> dict[str, tuple[str | None, ...]]:
     """Logical axes of the stacked cache (for the serving engine's shardings)."""
     return {
-        "k": ("layers", "act_batch", "act_len", "act_kv_heads", "head_dim"),
-        "v": ("layers", "act_batch", "act_len", "act_kv_heads", "head_dim"),
+        "k": ("layers", "act_batch", "act_kv_heads", "act_len", "head_dim"),
+        "v": ("layers", "act_batch", "act_kv_heads", "act_len", "head_dim"),
         "pos": ("layers", "act_batch", "act_len"),
     }
 
@@ -257,34 +263,103 @@ def visible_old_positions(cache_pos: jax.Array, positions: jax.Array) -> jax.Arr
 
 
 def cache_context(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array):
-    """Keys/values/positions the new queries see: visible old slots followed by the new tokens."""
+    """Keys/values ``[B, C + T, Hkv, D]`` and positions the new queries see: visible old slots, then the new
+    tokens (sequence-major, as ``attend`` takes them)."""
     old_pos = visible_old_positions(cache["pos"], positions)
-    k_all = jnp.concatenate([cache["k"].astype(k.dtype), k], axis=1)
-    v_all = jnp.concatenate([cache["v"].astype(v.dtype), v], axis=1)
+    k_all = jnp.concatenate([jnp.swapaxes(cache["k"], 1, 2).astype(k.dtype), k], axis=1)
+    v_all = jnp.concatenate([jnp.swapaxes(cache["v"], 1, 2).astype(v.dtype), v], axis=1)
     return k_all, v_all, jnp.concatenate([old_pos, positions.astype(jnp.int32)], axis=1)
 
 
-def _cached_attention(q, cache: Cache, k, v, positions, sliding_window: int) -> jax.Array:
-    """``attend(q, old ++ new)`` without materialising ``old ++ new``: the scores of the two parts are
-    concatenated instead (``T x (C + T)`` numbers, not ``(C + T) x D`` keys and values), which keeps a
-    decode step from copying the whole cache."""
+def _grouped_queries(q: jax.Array, hkv: int) -> jax.Array:
+    """``[B, T, H, D]`` -> ``[B, Hkv, G, T, D]``, scaled by 1/sqrt(D): GQA without repeating keys."""
     b, t, h, d = q.shape
+    scaled = (q.astype(jnp.float32) / math.sqrt(d)).astype(q.dtype)
+    return scaled.reshape(b, t, hkv, h // hkv, d).transpose(0, 2, 3, 1, 4)
+
+
+def _ungroup(out: jax.Array, dtype: Any) -> jax.Array:
+    """``[B, Hkv, G, T, D]`` -> ``[B, T, H, D]``."""
+    b, hkv, g, t, d = out.shape
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, hkv * g, d).astype(dtype)
+
+
+def dense_cached_attention(q, cache: Cache, k, v, positions, sliding_window: int = 0) -> jax.Array:
+    """``attend(q, old ++ new)`` over the whole allocated cache, the reference flash-decoding is tested
+    against. The scores of the two parts are concatenated (``T x (C + T)`` numbers) instead of the keys, so
+    it never copies the cache either."""
     hkv = k.shape[2]
-    qg = q.reshape(b, t, hkv, h // hkv, d)
+    qg = _grouped_queries(q, hkv)
     old_pos = visible_old_positions(cache["pos"], positions)
     k_old, v_old = cache["k"].astype(k.dtype), cache["v"].astype(v.dtype)
-    scale = 1.0 / math.sqrt(d)
     logits = jnp.concatenate([
-        jnp.einsum("btkgd,bskd->bkgts", qg, k_old, preferred_element_type=jnp.float32),
-        jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32),
-    ], axis=-1) * scale
+        jnp.einsum("bkgtd,bksd->bkgts", qg, k_old, preferred_element_type=jnp.float32),
+        jnp.einsum("bkgtd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32),
+    ], axis=-1)
     kv_pos = jnp.concatenate([old_pos, positions.astype(jnp.int32)], axis=1)
     probs = _masked_softmax(logits, attention_mask(positions, kv_pos, sliding_window)[:, None, None])
-    c = k_old.shape[1]
-    out = (jnp.einsum("bkgts,bskd->btkgd", probs[..., :c].astype(v.dtype), v_old,
+    c = k_old.shape[2]
+    out = (jnp.einsum("bkgts,bksd->bkgtd", probs[..., :c].astype(v.dtype), v_old,
                       preferred_element_type=jnp.float32)
-           + jnp.einsum("bkgts,bskd->btkgd", probs[..., c:].astype(v.dtype), v, preferred_element_type=jnp.float32))
-    return out.astype(v.dtype).reshape(b, t, h, d)
+           + jnp.einsum("bkgts,bskd->bkgtd", probs[..., c:].astype(v.dtype), v, preferred_element_type=jnp.float32))
+    return _ungroup(out, v.dtype)
+
+
+def _online_softmax_update(carry, logits, mask, values, spec: str):
+    """Fold one key block into the running (max, sum, weighted values) of an online softmax (fp32)."""
+    m, total, acc = carry
+    logits = jnp.where(mask, logits, _NEG)
+    m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+    p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
+    correction = jnp.exp(m - m_new)
+    acc = acc * correction[..., None] + jnp.einsum(spec, p.astype(values.dtype), values,
+                                                   preferred_element_type=jnp.float32)
+    return m_new, total * correction + jnp.sum(p, axis=-1), acc
+
+
+def filled_blocks(old_pos: jax.Array, block: int) -> jax.Array:
+    """Key blocks a step must read: up to the last block with a visible slot in any row (int32 scalar).
+
+    Sessions fill slots ``0, 1, 2, ...`` (slot = pos % C), so this is ``ceil(filled / block)`` until the
+    rolling cache wraps, and every block after."""
+    slot = jnp.arange(old_pos.shape[-1], dtype=jnp.int32)
+    last = jnp.max(jnp.where(old_pos >= 0, slot, -1))
+    return (last + block) // block
+
+
+def flash_cached_attention(q, cache: Cache, k, v, positions, sliding_window: int = 0, block: int = 256):
+    """``dense_cached_attention`` that reads only the filled part of the cache (flash-decoding).
+
+    Keys are visited in fixed ``block``-slot tiles by a ``while`` loop whose trip count is data
+    (``filled_blocks``): one compiled program for every fill level, and a step at 1 s of context reads
+    1 s of keys. The last tile is clamped to the cache end and masks the slots an earlier tile already
+    covered, so any cache length works. The new tokens are one more tile. Exact up to fp32 rounding."""
+    b, t, h, d = q.shape
+    hkv, c = k.shape[2], cache["k"].shape[2]
+    block = min(block, c)
+    qg = _grouped_queries(q, hkv)
+    old_pos = visible_old_positions(cache["pos"], positions)
+    q_pos = positions.astype(jnp.int32)
+    stats = jnp.full((b, hkv, h // hkv, t), _NEG, jnp.float32)
+    carry = (stats, jnp.zeros_like(stats), jnp.zeros((b, hkv, h // hkv, t, d), jnp.float32))
+
+    def body(i, carry):
+        start = jnp.minimum(i * block, c - block)
+        kb = jax.lax.dynamic_slice_in_dim(cache["k"], start, block, axis=2).astype(q.dtype)
+        vb = jax.lax.dynamic_slice_in_dim(cache["v"], start, block, axis=2).astype(v.dtype)
+        pb = jax.lax.dynamic_slice_in_dim(old_pos, start, block, axis=1)
+        fresh = start + jnp.arange(block) >= i * block  # not already covered by the previous tile
+        pb = jnp.where(fresh[None], pb, -1)
+        logits = jnp.einsum("bkgtd,bksd->bkgts", qg, kb, preferred_element_type=jnp.float32)
+        mask = attention_mask(q_pos, pb, sliding_window)[:, None, None]
+        return _online_softmax_update(carry, logits, mask, vb, "bkgts,bksd->bkgtd")
+
+    carry = jax.lax.fori_loop(0, filled_blocks(old_pos, block), body, carry)
+    logits = jnp.einsum("bkgtd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    mask = attention_mask(q_pos, q_pos, sliding_window)[:, None, None]
+    _, total, acc = _online_softmax_update(carry, logits, mask, v, "bkgts,bskd->bkgtd")
+    out = jnp.where(total[..., None] > 0, acc / jnp.where(total > 0, total, 1.0)[..., None], 0.0)  # no key: 0
+    return _ungroup(out, v.dtype)
 
 
 def _cache_slots(positions: jax.Array, size: int) -> jax.Array:
@@ -298,8 +373,8 @@ def _cache_slots(positions: jax.Array, size: int) -> jax.Array:
 def update_cache(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array) -> Cache:
     """Scatter the new tokens into slots ``pos % C``; only each row's last ``C`` valid tokens are kept.
 
-    Works for one layer's cache (k ``[B, C, H, D]``, new k ``[B, T, H, D]``) and for the stacked cache
-    (k ``[L, B, C, H, D]``, new k ``[L, B, T, H, D]``; ``positions`` ``[B, T]`` either way).
+    Works for one layer's cache (k ``[B, Hkv, C, D]``, new k ``[B, T, Hkv, D]``) and for the stacked cache
+    (k ``[L, B, Hkv, C, D]``, new k ``[L, B, T, Hkv, D]``; ``positions`` ``[B, T]`` either way).
     """
     batch, size = cache["pos"].shape[-2:]
     slot = _cache_slots(positions, size)
@@ -307,13 +382,15 @@ def update_cache(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array)
     pos = positions.astype(jnp.int32)
     if cache["pos"].ndim == 3:  # stacked over layers: one scatter for the whole stack, in place when donated
         pos = jnp.broadcast_to(pos, (cache["pos"].shape[0], *pos.shape))
-        at = (slice(None), rows, slot)
+        at_pos, at_kv = (slice(None), rows, slot), (slice(None), rows, slice(None), slot)
+        # NumPy indexing: the (rows, slot) dims are split by a slice, so they lead: values are [B, T, L, Hkv, D].
+        k, v = (jnp.moveaxis(a, 0, 2) for a in (k, v))
     else:
-        at = (rows, slot)
+        at_pos, at_kv = (rows, slot), (rows, slice(None), slot)
     return {
-        "k": cache["k"].at[at].set(k.astype(cache["k"].dtype), mode="drop"),
-        "v": cache["v"].at[at].set(v.astype(cache["v"].dtype), mode="drop"),
-        "pos": cache["pos"].at[at].set(pos, mode="drop"),
+        "k": cache["k"].at[at_kv].set(k.astype(cache["k"].dtype), mode="drop"),
+        "v": cache["v"].at[at_kv].set(v.astype(cache["v"].dtype), mode="drop"),
+        "pos": cache["pos"].at[at_pos].set(pos, mode="drop"),
     }
 
 
@@ -376,7 +453,12 @@ class Attention(nn.Module):
                          sliding_window=cfg.sliding_window, causal_block=cfg.causal_block)
             new_cache = None
         else:
-            out = _cached_attention(q, cache, k, v, positions, cfg.sliding_window)
+            if cfg.decode_attention == "flash":
+                out = flash_cached_attention(q, cache, k, v, positions, cfg.sliding_window, cfg.decode_block)
+            elif cfg.decode_attention == "dense":
+                out = dense_cached_attention(q, cache, k, v, positions, cfg.sliding_window)
+            else:
+                raise ValueError(f"unknown decode_attention {cfg.decode_attention!r}; expected flash or dense")
             # The stack writes every layer's new keys with one scatter into the stacked cache; a lone layer
             # returns its updated cache.
             new_cache = {"k": k, "v": v} if self.return_new_kv else update_cache(cache, k, v, positions)

@@ -53,7 +53,7 @@ class Engine:
         """``row_invariant``: decode row by row so outputs are bit-identical across *different* slot counts
         (slower on CPU). Without it, a session's outputs are still independent of what the other slots
         hold, because rows never interact and the shapes are fixed by ``batch_slots``."""
-        self.config, self.params, self.batch_slots = config, params, batch_slots
+        self.config, self.params, self.batch_slots = config, _on_one_device(params), batch_slots
         self.sampling = sampling or Sampling.from_config(config)
         self.row_invariant = row_invariant
         self.model = InteractionModel.from_config(config)
@@ -74,16 +74,33 @@ class Engine:
                               jax.jit(program._reset_impl, donate_argnums=(0,)))
         self._step, self._reset = _COMPILED[key]
 
+    def warm_up(self, state: EngineState) -> tuple[EngineState, float]:
+        """Compile the micro-turn before the first session arrives; returns the state (unchanged: no row
+        advances) and the warm step time in seconds. Two steps, so a second-step recompile would show here."""
+        zeros = np.zeros((self.batch_slots, self.config.audio.chunk_samples), np.float32)
+        hold = np.zeros(self.batch_slots, bool)
+        for _ in range(2):
+            state, out = self.step(state, zeros, advance=hold)
+        return state, float(out["step_s"])
+
     # ---------------------------------------------------------------------------- state
     def init_state(self, seeds: jax.Array | None = None) -> EngineState:
         """Fresh state for all slots. Every per-session random stream (text sampling, flow noise, vocoder
         phases) is keyed by that session's seed alone, so a session's output never depends on its slot or
-        on which other sessions share the batch."""
+        on which other sessions share the batch.
+
+        Committed to the params' device like the step's outputs, so the second step hits the compile cache
+        (jit keys on committed-ness: an uncommitted fresh state recompiled the whole micro-turn)."""
+        state = self._fresh_state(seeds)
+        one = _one_device(self.params)
+        return state if one is None else jax.device_put(state, one)
+
+    def _fresh_state(self, seeds: jax.Array | None = None) -> EngineState:
         b = self.batch_slots
         tcfg = self.config.model.transformer
         seeds = jnp.zeros((b,), jnp.uint32) if seeds is None else jnp.asarray(seeds, jnp.uint32)
-        return EngineState(
-            cache=init_cache(tcfg, b, self.cache_len, jnp.dtype(tcfg.dtype)),
+        state = EngineState(
+            cache=init_cache(tcfg, b, self.cache_len),  # dtype: transformer.cache_dtype (or its dtype)
             chunk_index=jnp.zeros((b,), jnp.int32),
             prev_text=jnp.full((b,), tokenizer.BOS, jnp.int32),
             prev_mel=jnp.full((b, self.layout.mel_block), SILENCE_MEL, jnp.float32),
@@ -91,6 +108,7 @@ class Engine:
             vocoder_state=vocoder_init(seeds),
             seed=seeds,
         )
+        return state
 
     @staticmethod
     def _select_rows(rows: jax.Array, new: EngineState, old: EngineState) -> EngineState:
@@ -106,7 +124,7 @@ class Engine:
 
     def _reset_impl(self, state: EngineState, rows: jax.Array, seeds: jax.Array) -> EngineState:
         """Clear the given rows (bool [B]) so a new session can start there; other rows are untouched."""
-        return self._select_rows(rows, self.init_state(seeds), state)
+        return self._select_rows(rows, self._fresh_state(seeds), state)
 
     def reset(self, state: EngineState, rows: np.ndarray, seeds: np.ndarray | None = None) -> EngineState:
         seeds = np.zeros(self.batch_slots, np.uint32) if seeds is None else np.asarray(seeds, np.uint32)
@@ -156,7 +174,7 @@ class Engine:
                      state.prev_mel, keys)
         blocks = out["mel_blocks"]  # [B, A, k*80] normalised, clipped to [-1, 1]
         mel = blocks.reshape(blocks.shape[0], a.frames_per_chunk, a.n_mels)
-        vocoder_state, wave = vocode_rows(state.vocoder_state, mel, a)
+        vocoder_state, wave = vocode_rows(state.vocoder_state, mel, a, advance)  # idle slots skip the vocoder
         new_state = EngineState(
             cache=out["cache"], chunk_index=state.chunk_index + 1, prev_text=out["text_tokens"][:, -1],
             prev_mel=blocks[:, -1], dmel_state=dmel_state, vocoder_state=vocoder_state, seed=state.seed,
@@ -214,16 +232,49 @@ class Engine:
             )
 
 
+def _on_one_device(params: Any) -> Any:
+    """Params that live on one device, as plain single-device arrays.
+
+    A checkpoint restored through a 1-device mesh carries ``NamedSharding`` params; jit then returns the
+    state under that sharding while ``init_state`` made it single-device, and the *second* step recompiled
+    (6 s on CPU, measured). Host (numpy) params are put on the default device once, not on every step.
+    Params sharded over several devices are left as they are."""
+    target = _one_device(params)
+    return params if target is None else jax.device_put(params, target)
+
+
+def _one_device(params: Any) -> jax.sharding.SingleDeviceSharding | None:
+    """The single device ``params`` live on (the default one for host params); None if sharded or absent."""
+    if params is None:
+        return None
+    devices = {d for x in jax.tree.leaves(params) if isinstance(x, jax.Array) for d in x.sharding.device_set}
+    if len(devices) > 1:
+        return None
+    return jax.sharding.SingleDeviceSharding(devices.pop() if devices else jax.devices()[0])
+
+
 def vocoder_init(seeds: jax.Array) -> Any:
     """Per-session streaming Griffin-Lim states, each keyed by its session's seed alone."""
     return jax.vmap(lambda s: vocoder.griffin_lim_stream_init((), seed=s))(jnp.asarray(seeds, jnp.uint32))
 
 
-def vocode_rows(vocoder_state: Any, mel: jax.Array, audio: Any) -> tuple[Any, jax.Array]:
+def vocode_rows(vocoder_state: Any, mel: jax.Array, audio: Any, rows: jax.Array | None = None
+                ) -> tuple[Any, jax.Array]:
     """Normalised mel chunks [B, 16, 80] -> (state, waves [B, 3200]): the one vocoder path of the engine,
-    the eval and the oracle. ``lax.map`` over rows keeps each row batch-invariant in every mode."""
+    the eval and the oracle. ``lax.map`` over rows keeps each row batch-invariant in every mode.
+
+    ``rows`` (bool [B]) skips the others at run time (``lax.cond``: their state is returned unchanged and
+    their wave is silence), so an idle server slot does not pay for Griffin-Lim, the largest per-row cost."""
     log_mel = dmel.denormalize_mel(mel, audio)
-    return jax.lax.map(lambda sm: vocoder.griffin_lim_stream_step(*sm, config=audio), (vocoder_state, log_mel))
+
+    def one(args):
+        state, block, run = args
+        step = lambda s, m: vocoder.griffin_lim_stream_step(s, m, config=audio)
+        idle = lambda s, m: (s, jnp.zeros((audio.chunk_samples,), jnp.float32))
+        return jax.lax.cond(run, step, idle, state, block)
+
+    rows = jnp.ones(mel.shape[:1], bool) if rows is None else rows
+    return jax.lax.map(one, (vocoder_state, log_mel, rows))
 
 
 @dataclasses.dataclass

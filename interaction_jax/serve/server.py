@@ -2,6 +2,10 @@
 
     python -m interaction_jax serve --checkpoint runs/tiny [--host 127.0.0.1] [--port 8765] [--slots 8]
 
+The micro-turn is compiled before the port opens (the step time and RTF are printed). Sessions are batched:
+each session's outputs are independent of the others for a fixed slot count; ``--row-invariant`` decodes row
+by row instead, so that a session is also bit-identical to ``stream`` file mode (at about slots x the cost).
+
 Protocol (one WebSocket per session; ``GET /`` without an upgrade serves a small browser page):
 
 client -> server
@@ -13,8 +17,15 @@ client -> server
   * text ``{"type": "text", "text": str}``: typed text, queued FIFO into TEXT_IN.
 server -> client, per audio chunk
   * binary ``0x01 + 6400 bytes``: the model's PCM16 audio for the next 200 ms.
+  * binary ``0x03 + 2 x frames x n_mels bytes``: what the model heard (dMel bins x 16) and said (its
+    normalised mel, 0..255), frames x n_mels each, for the page's scrolling spectrogram.
   * text ``{"type": "text", "chunk": n, "time": s, "tokens": [...], "text": str}`` when text-out is not PAD.
   * text ``{"type": "delegate", "text": str}`` for each closed ``<delegate>...</delegate>`` span.
+  * text ``{"type": "stats", "chunk": n, "step_ms": f, "rtf": f, "backlog": k, "dropped": d}`` every
+    ``STATS_EVERY`` chunks.
+Falling behind: a session has at most one chunk in a step; chunks that arrive meanwhile wait in a backlog
+of ``MAX_BACKLOG`` chunks, and the oldest is dropped beyond that (``{"type": "behind", "dropped": d}`` tells
+the client), so a slow server costs audio, not an ever-growing delay (and Stop does not wait for it).
 Errors: a malformed message closes *that* connection with code 1003 (unsupported data) or 1007 (invalid
 payload) and a reason; a full server refuses with 1013. Other sessions are never affected.
 """
@@ -22,10 +33,12 @@ payload) and a reason; a full server refuses with 1013. Other sessions are never
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import io
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +50,9 @@ from interaction_jax.model import Sampling
 from interaction_jax.serve.engine import DelegateTracker, Engine, TextInQueue
 from interaction_jax.text import tokenizer
 
-AUDIO, FRAME = 0x01, 0x02
+AUDIO, FRAME, MEL = 0x01, 0x02, 0x03
+MAX_BACKLOG = 2  # chunks (400 ms) a session may queue while its previous chunk is being stepped
+STATS_EVERY = 5  # chunks between stats messages (once a second)
 MAX_MESSAGE_BYTES = 512 * 1024
 MAX_TEXT_CHARS = 2000
 STATIC = Path(__file__).with_name("static")
@@ -51,6 +66,8 @@ class Connection:
     text: TextInQueue | None = None
     delegate: DelegateTracker = dataclasses.field(default_factory=DelegateTracker)
     pending: asyncio.Future | None = None
+    backlog: collections.deque = dataclasses.field(default_factory=collections.deque)
+    dropped: int = 0
 
 
 class Server:
@@ -58,9 +75,10 @@ class Server:
 
     def __init__(self, config: Config, params: Any, *, slots: int = 8, sampling: Sampling | None = None,
                  on_delegate: Callable[[int, str], str | None] | None = None, batch_wait_s: float = 0.01,
-                 row_invariant: bool = True):
+                 row_invariant: bool = False):
         self.config = config
-        # row_invariant: a session's audio is bit-identical to file mode whatever else is connected.
+        # Batched by default: a session's outputs never depend on the other sessions in the step (fixed slot
+        # count). row_invariant=True decodes row by row, bit-identical to file mode, at ~slots x the cost.
         self.engine = Engine(config, params, batch_slots=slots, sampling=sampling, row_invariant=row_invariant)
         self.state = self.engine.init_state()
         self.free = list(range(slots))
@@ -74,6 +92,16 @@ class Server:
         self.batch_wait_s = batch_wait_s
         self.wake = asyncio.Event()
         self.steps = 0
+        self._deliveries: set[asyncio.Task] = set()
+
+    def warm_up(self) -> float:
+        """Compile the micro-turn before any session is accepted; returns (and prints) the warm step time."""
+        start = time.perf_counter()
+        print(f"[serve] compiling the micro-turn for {self.engine.batch_slots} slots...", flush=True)
+        self.state, step_s = self.engine.warm_up(self.state)
+        print(f"[serve] compiled in {time.perf_counter() - start:.1f} s; warm step {step_s * 1e3:.0f} ms "
+              f"(RTF {step_s / 0.2:.2f} with every slot busy)", flush=True)
+        return step_s
 
     # ------------------------------------------------------------------ batching loop
     async def run_batches(self) -> None:
@@ -100,6 +128,9 @@ class Server:
         eng, b = self.engine, self.engine.batch_slots
         lay = eng.layout
         # a session that closed (or whose slot was taken by a new one) while its chunk waited is skipped
+        for slot, (conn, _) in ready.items():
+            if self.conns.get(slot) is not conn and conn.pending is not None:  # nobody waits: end its delivery
+                conn.pending.get_loop().call_soon_threadsafe(_resolve, conn.pending, RuntimeError("session closed"))
         ready = {slot: (conn, chunk) for slot, (conn, chunk) in ready.items() if self.conns.get(slot) is conn}
         if not ready:
             return
@@ -153,7 +184,9 @@ class Server:
             try:  # from here on the slot goes back to the pool however the session ends
                 await ws.send(json.dumps({"type": "ready", "session": slot,
                                           "sample_rate": self.config.audio.sample_rate,
-                                          "chunk_samples": self.config.audio.chunk_samples}))
+                                          "chunk_samples": self.config.audio.chunk_samples,
+                                          "frames_per_chunk": self.config.audio.frames_per_chunk,
+                                          "n_mels": self.config.audio.n_mels}))
                 async for message in ws:
                     reason = await self._on_message(ws, conn, message)
                     if reason:
@@ -167,6 +200,8 @@ class Server:
             finally:
                 self.conns.pop(slot, None)
                 self.inbox.pop(slot, None)
+                with self._resets_lock:  # clear the row: a stale cache would still set flash-decoding's trip count
+                    self._resets.setdefault(slot, 0)
                 self.free.append(slot)
         except (TimeoutError, ConnectionClosed):
             return
@@ -195,19 +230,52 @@ class Server:
         if len(payload) != expected:
             return 1007, f"audio chunk must be {expected} bytes of PCM16 (200 ms), got {len(payload)}"
         chunk = np.frombuffer(payload, "<i2").astype(np.float32) / 32768.0
+        if conn.pending is None:
+            self._submit(ws, conn, chunk)
+            return None
+        conn.backlog.append(chunk)  # the previous chunk is still being stepped
+        if len(conn.backlog) > MAX_BACKLOG:
+            conn.backlog.popleft()
+            conn.dropped += 1
+            await ws.send(json.dumps({"type": "behind", "dropped": conn.dropped,
+                                      "reason": "the server is slower than real time; oldest audio dropped"}))
+        return None
+
+    def _submit(self, ws, conn: Connection, chunk: np.ndarray) -> None:
+        """Queue one chunk of this session for the next step; its result is sent by ``_deliver``."""
         conn.pending = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(self._deliver(ws, conn, conn.pending))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
         self.inbox[conn.slot] = (conn, chunk)
         self.wake.set()
-        result = await conn.pending
-        if isinstance(result, Exception):
-            return 1011, str(result)[:120]
-        await self._send_outputs(ws, conn, result)
+
+    async def _deliver(self, ws, conn: Connection, pending: asyncio.Future) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        result = await pending
+        try:
+            if isinstance(result, Exception):
+                await ws.close(1011, str(result)[:120])
+                return
+            await self._send_outputs(ws, conn, result)
+        except ConnectionClosed:
+            return
         conn.chunk += 1
-        return None
+        conn.pending = None
+        if conn.backlog and self.conns.get(conn.slot) is conn:
+            self._submit(ws, conn, conn.backlog.popleft())
 
     async def _send_outputs(self, ws, conn: Connection, out: dict[str, Any]) -> None:
         pcm = (np.clip(out["audio"], -1, 1) * 32767).astype("<i2").tobytes()
         await ws.send(bytes([AUDIO]) + pcm)
+        heard = np.clip(np.asarray(out["audio_in_bins"]) * 16, 0, 255).astype(np.uint8)
+        said = np.clip((np.asarray(out["mel"]) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+        await ws.send(bytes([MEL]) + heard.tobytes() + said.tobytes())
+        if conn.chunk % STATS_EVERY == 0:
+            await ws.send(json.dumps({"type": "stats", "chunk": conn.chunk, "step_ms": 1e3 * float(out["step_s"]),
+                                      "rtf": float(out["rtf"]), "backlog": len(conn.backlog),
+                                      "dropped": conn.dropped}))
         tokens = [int(t) for t in out["text_tokens"]]
         if any(t < 256 or t in (tokenizer.DELEGATE_START, tokenizer.DELEGATE_END) for t in tokens):
             await ws.send(json.dumps({"type": "text", "chunk": conn.chunk, "time": (conn.chunk + 1) * 0.2,
@@ -245,7 +313,7 @@ def _decode_jpeg(data: bytes, height: int, width: int) -> np.ndarray | None:
 
 
 async def serve(server: Server, host: str = "127.0.0.1", port: int = 8765, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None, port_out: list[int] | None = None) -> None:
+                stop: asyncio.Event | None = None, port_out: list[int] | None = None, warm_up: bool = True) -> None:
     """Run until ``stop`` is set (forever if None). ``GET /`` without an upgrade returns the browser page."""
     import websockets
     from websockets.datastructures import Headers
@@ -258,8 +326,12 @@ async def serve(server: Server, host: str = "127.0.0.1", port: int = 8765, ready
             return Response(200, "OK", Headers([("Content-Type", "text/html; charset=utf-8")]), page)
         return None
 
+    if warm_up:
+        server.warm_up()
     batcher = asyncio.create_task(server.run_batches())
-    async with websockets.serve(server.handle, host, port, max_size=MAX_MESSAGE_BYTES,
+    # close_timeout: on shutdown each client gets 1 s to answer the close handshake (the default 10 s made
+    # Ctrl-C take ~6 s with a browser connected)
+    async with websockets.serve(server.handle, host, port, max_size=MAX_MESSAGE_BYTES, close_timeout=1,
                                 process_request=process_request) as ws_server:
         port = next(iter(ws_server.sockets)).getsockname()[1]  # the real port when 0 was asked for
         if port_out is not None:
@@ -270,3 +342,19 @@ async def serve(server: Server, host: str = "127.0.0.1", port: int = 8765, ready
         await (stop.wait() if stop is not None else asyncio.Future())
         ws_server.close()
     batcher.cancel()
+
+
+def serve_forever(server: Server, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """``serve`` until Ctrl-C / SIGTERM; then close every session with a reason and return promptly."""
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(server, host, port, stop=stop)
+
+    start = time.perf_counter()
+    asyncio.run(main())
+    print(f"[serve] stopped ({time.perf_counter() - start:.0f} s up, {server.steps} steps)", flush=True)

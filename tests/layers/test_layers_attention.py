@@ -174,7 +174,7 @@ def test_chunked_cache_equals_full_forward(make_cfg, make_params, fast_jit, case
         assert np.abs(out - full).max() > 1e-3
         return
     np.testing.assert_allclose(out, full, atol=1e-5, rtol=1e-5)
-    assert cache["k"].shape == (cfg.num_layers, B, cache_len, cfg.num_kv_heads, cfg.head_dim)
+    assert cache["k"].shape == (cfg.num_layers, B, cfg.num_kv_heads, cache_len, cfg.head_dim)
     held = np.sort(np.where(cache["pos"][0] >= 0, cache["pos"][0], 10**6), axis=-1)[:, : min(cache_len, T)]
     np.testing.assert_array_equal(held, pos[:, -min(cache_len, T) :])  # each row holds its last C positions
 
@@ -205,3 +205,78 @@ def test_rewriting_positions_replaces_stale_keys(make_cfg, make_params, fast_jit
     out, cache = apply(xb, pos[:, 3:], cache)
     np.testing.assert_allclose(out, ref[:, 3:], atol=1e-5, rtol=1e-5)
     assert sorted(np.asarray(cache["pos"][0])) == [-1, -1, 0, 1, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------- flash decoding
+
+
+def _filled_cache(rng, b, hkv, d, size, fill, lag):
+    """A cache of ``size`` slots that row 0 filled with positions 0..fill-1 and row 1 with 0..fill-1-lag."""
+    from interaction_jax.layers import update_cache
+
+    cache = {"k": jnp.zeros((b, hkv, size, d)), "v": jnp.zeros((b, hkv, size, d)),
+             "pos": jnp.full((b, size), -1, jnp.int32)}
+    for start in range(0, fill, 7):
+        p = np.arange(start, min(start + 7, fill))
+        pos = np.stack([p, np.where(p - lag >= 0, p - lag, -1)]).astype(np.int32)
+        kv = rng.normal(size=(2, b, len(p), hkv, d)).astype(np.float32)
+        cache = update_cache(cache, jnp.asarray(kv[0]), jnp.asarray(kv[1]), jnp.asarray(pos))
+    return cache
+
+
+# (sliding window, cache slots, filled positions, new tokens, block): empty, partial blocks, a clamped last
+# tile (37 % 8 != 0), a full cache, and rolling caches that wrapped around once and three times.
+FLASH_CASES = [(0, 37, 0, 3, 8), (0, 37, 5, 3, 8), (0, 37, 20, 1, 8), (0, 37, 34, 3, 8), (0, 37, 34, 12, 64),
+               (5, 37, 60, 3, 8), (12, 37, 120, 5, 16), (30, 32, 75, 2, 8)]
+
+
+@pytest.mark.parametrize("window,size,fill,t,block", FLASH_CASES)
+def test_flash_decoding_equals_dense_cached_attention(window, size, fill, t, block):
+    from interaction_jax.layers import dense_cached_attention, flash_cached_attention
+
+    rng = np.random.default_rng(fill + t)
+    b, h, hkv, d, lag = 2, 4, 2, 16, 3
+    cache = _filled_cache(rng, b, hkv, d, size, fill, lag)
+    q = jnp.asarray(rng.normal(size=(b, t, h, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(b, t, hkv, d)), jnp.float32) for _ in range(2))
+    pos = np.stack([fill + np.arange(t), fill - lag + np.arange(t)]).astype(np.int32)
+    pos[1, -1] = -1  # a padded query: no new token in that slot
+    flash = jax.jit(flash_cached_attention, static_argnums=(5, 6))(q, cache, k, v, jnp.asarray(pos), window, block)
+    dense = dense_cached_attention(q, cache, k, v, jnp.asarray(pos), window)
+    np.testing.assert_allclose(flash, dense, atol=1e-5, rtol=1e-5)
+    assert np.all(np.asarray(flash)[1, -1] == 0)  # a query with no visible key gives zeros, as dense does
+
+
+def test_flash_decoding_reads_only_the_filled_blocks():
+    """The trip count follows the fill (one compiled program), and reaches every block once wrapped."""
+    from interaction_jax.layers import filled_blocks
+
+    count = jax.jit(filled_blocks, static_argnums=1)
+    pos = np.full((2, 100), -1, np.int32)
+    assert int(count(pos, 16)) == 0
+    pos[0, :17] = np.arange(17)
+    assert int(count(pos, 16)) == 2
+    pos[1, :40] = np.arange(40)
+    assert int(count(pos, 16)) == 3  # the fullest row decides
+    pos[0] = np.arange(100, 200)  # wrapped
+    assert int(count(pos, 16)) == 7
+
+
+def test_bf16_cache_stays_close_to_fp32(make_cfg, make_params, fast_jit):
+    """A bf16 cache halves the bytes a decode step reads; its outputs stay within bf16 rounding of fp32."""
+    import dataclasses
+
+    cfg = make_cfg()
+    x = np.asarray(jax.random.normal(jax.random.key(3), (1, 12, cfg.d_model)))
+    pos = np.arange(12, dtype=np.int32)[None]
+    params = make_params(Transformer(cfg), x, pos)
+    outs = {}
+    for dtype in ("float32", "bfloat16"):
+        c = dataclasses.replace(cfg, cache_dtype=dtype)
+        cache = init_cache(c, 1, 16)
+        assert cache["k"].dtype == jnp.dtype(dtype)
+        step = fast_jit(lambda p, xc, pc, cc, c=c: Transformer(c).apply({"params": p}, xc, pc, cache=cc))
+        _, cache, _ = step(params, x[:, :8], pos[:, :8], cache)
+        outs[dtype], _, _ = step(params, x[:, 8:], pos[:, 8:], cache)
+    err = np.abs(np.asarray(outs["bfloat16"]) - np.asarray(outs["float32"])).max()
+    assert 0 < err < 0.05

@@ -199,3 +199,69 @@ def test_sampling_defaults_come_from_the_config(setup):
     assert (engine.sampling.cfg_scale, engine.sampling.flow_steps) == (2.0, 4)
     explicit = Engine(guided, params, batch_slots=1, cache_chunks=4, sampling=SAMPLING)
     assert explicit.sampling == SAMPLING
+
+
+def test_second_step_and_steps_after_a_reset_hit_the_compile_cache(setup):
+    """A fresh server compiled twice (6 s each on CPU): the fresh state was uncommitted and a checkpoint's
+    1-device-mesh params made the step return a differently sharded state."""
+    cfg, params = setup
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    engine = Engine(cfg, params, batch_slots=2, cache_chunks=7, sampling=SAMPLING)  # a key no other test uses
+    state, _ = engine.warm_up(engine.init_state())
+    assert engine._step._cache_size() == 1
+    audio, frames, text = inputs(2, 2, 11)
+    state = engine.reset(state, np.array([True, False]), np.array([3, 0]))
+    for n in range(2):
+        state, _ = engine.step(state, audio[n], frames[n], np.ones(2, bool), text[n])
+    assert engine._step._cache_size() == 1
+
+
+@pytest.mark.parametrize("chunks,cache_chunks", [(3, 8), (11, 8)])
+def test_bench_filled_state_holds_a_session_of_that_age(setup, chunks, cache_chunks):
+    """The bench times decode at a filled context: its state must hold exactly the positions a session of
+    that age keeps (slot p % C; the newest C once the rolling cache wrapped)."""
+    from interaction_jax.bench.stream import filled_state
+
+    cfg, params = setup
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, transformer=dataclasses.replace(
+        cfg.model.transformer, sliding_window=8 * 17)))
+    engine = Engine(cfg, params, batch_slots=2, cache_chunks=cache_chunks, sampling=SAMPLING)
+    state = filled_state(engine, engine.init_state(), chunks)
+    pos = np.asarray(state.cache["pos"])
+    tokens, size = chunks * engine.layout.slots_per_chunk, engine.cache_len
+    held = np.sort(pos[0, 0][pos[0, 0] >= 0])
+    np.testing.assert_array_equal(held, np.arange(max(0, tokens - size), tokens))
+    assert np.all(pos[0, 0][pos[0, 0] >= 0] % size == np.flatnonzero(pos[0, 0] >= 0))
+    assert (pos == pos[:1, :1]).all() and int(state.chunk_index[0]) == chunks
+
+
+def test_flash_and_dense_decode_agree_inside_the_engine(setup):
+    """The whole micro-turn (prefill, text and flow decode) with flash-decoding equals the dense cache read."""
+    from interaction_jax.bench.stream import filled_state
+
+    cfg, params = setup
+    outs = {}
+    for mode in ("flash", "dense"):
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, transformer=dataclasses.replace(
+            cfg.model.transformer, decode_attention=mode, decode_block=16)))
+        engine = Engine(c, params, batch_slots=2, cache_chunks=9, sampling=Sampling())
+        state = filled_state(engine, engine.init_state(), 5)
+        audio, frames, text = inputs(1, 2, 4)
+        _, outs[mode] = engine.step(state, audio[0], frames[0], np.ones(2, bool), text[0])
+    np.testing.assert_allclose(outs["flash"]["text_logits"], outs["dense"]["text_logits"], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(outs["flash"]["mel"], outs["dense"]["mel"], atol=1e-4)
+
+
+def test_stream_cost_model_counts_weights_once_per_call_and_cache_per_session(setup):
+    from interaction_jax.bench.stream import micro_turn_cost
+
+    cfg, params = setup
+    one, two = micro_turn_cost(cfg, params, 1, 1000), micro_turn_cost(cfg, params, 2, 1000)
+    assert one["weight_bytes"] == two["weight_bytes"] > 0  # weights are shared by the batch
+    assert two["cache_bytes"] == 2 * one["cache_bytes"]
+    longer = micro_turn_cost(cfg, params, 1, 2000)
+    assert longer["cache_bytes"] == 2 * one["cache_bytes"] and longer["flops"] > one["flops"]
+    t = cfg.model.transformer
+    per_token = t.num_layers * (2 * t.num_kv_heads * t.head_dim * 4 + 4)
+    assert one["cache_bytes"] == one["transformer_calls"] * per_token * 1000
