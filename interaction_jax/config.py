@@ -124,8 +124,9 @@ class TransformerConfig:
     scan_unroll: int = 1  # layers per scan iteration (XLA loop unrolling; the AOT FLOP count uses 2)
     dtype: str = "float32"  # compute dtype; params are always float32
     # KV-cache decode (serving, eval): "flash" reads only the filled key blocks of the cache (online softmax,
-    # dynamic trip count), "dense" reads the whole allocation (the reference it is tested against).
-    decode_attention: Literal["flash", "dense"] = "flash"
+    # dynamic trip count), "dense" reads the whole allocation (the reference it is tested against), "auto"
+    # picks flash while the cache is under half full and dense above (faster on XLA:CPU, bench stream).
+    decode_attention: Literal["auto", "flash", "dense"] = "auto"
     decode_block: int = 256  # cache slots per flash-decoding block
     cache_dtype: str = ""  # KV-cache storage dtype ("" = dtype); "bfloat16" halves the bytes a decode reads
     moe: MoeConfig = dataclasses.field(default_factory=MoeConfig)

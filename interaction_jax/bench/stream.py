@@ -7,8 +7,9 @@ Every figure is a ratio measured in this run (machines here differ 6x in peak an
     at a 20 s context (goal >= 32);
   * ``rtf_small``: small (~100M), 1 session, 10 s filled (goal <= 0.5);
   * ``kv_speedup_60s``: recomputing the 60 s prefix for one chunk / one cached step at 60 s (goal >= 50);
-  * ``step_ms_ctx_{1,10,40}s_{flash,dense}``: step time against filled context, flash-decoding vs the dense
-    cache read (plotted to ``--plot``, default: the JSON path with ``.png``);
+  * ``step_ms_ctx_{1,10,40}s_{flash,dense,auto}``: step time against filled context, flash-decoding, the dense
+    cache read and the default switch between them (plotted to ``--plot``, default: the JSON path with
+    ``.png``); the other figures use the config's default (``auto``);
   * the cost model: ``bytes_*`` / ``flops_*`` a micro-turn must move / compute, the measured
     ``mem_bandwidth_bytes_s`` and ``matmul_peak_flops``, and ``roofline_fraction_*`` = (bytes / bandwidth) /
     measured step time, at 1 session and at the largest real-time batch;
@@ -37,6 +38,7 @@ from interaction_jax.model import InteractionModel, Sampling
 from interaction_jax.perf import measured_matmul_peak, measured_memory_bandwidth
 
 CONTEXTS_S = (1, 10, 40)
+MODES = ("flash", "dense", "auto")  # transformer.decode_attention
 
 
 def _params(cfg: Config) -> Any:
@@ -174,7 +176,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for mode, style in (("flash", "o-"), ("dense", "s--")):
+    for mode, style in zip(MODES, ("o-", "s--", "^:"), strict=True):
         ax.plot(CONTEXTS_S, [results[f"step_ms_ctx_{c}s_{mode}"] for c in CONTEXTS_S], style, label=mode)
     ax.axhline(200, color="grey", lw=0.8, ls=":", label="real time (200 ms)")
     ax.set_xlabel("filled context (s)")
@@ -199,15 +201,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     s = Layout.from_config(tiny.audio, tiny.vision, tiny.text).slots_per_chunk
     cache = tiny.model.max_chunks + 8  # 40 s sessions plus the steps the timing takes
 
-    dense = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, transformer=dataclasses.replace(
-        tiny.model.transformer, decode_attention="dense")))
+    def decode_mode(mode: str) -> Config:
+        return dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, transformer=dataclasses.replace(
+            tiny.model.transformer, decode_attention=mode)))
+
     for ctx in CONTEXTS_S:
-        for mode, c in (("flash", tiny), ("dense", dense)):
-            ms = 1e3 * step_seconds(c, p_tiny, 1, filled_chunks=5 * ctx, cache_chunks=cache)
+        for mode in MODES:
+            ms = 1e3 * step_seconds(decode_mode(mode), p_tiny, 1, filled_chunks=5 * ctx, cache_chunks=cache)
             results[f"step_ms_ctx_{ctx}s_{mode}"] = ms
-        print(f"[bench stream] tiny, 1 session, {ctx:>2} s filled: flash {results[f'step_ms_ctx_{ctx}s_flash']:.1f} "
-              f"ms, dense {results[f'step_ms_ctx_{ctx}s_dense']:.1f} ms", flush=True)
-    step_1 = results["step_ms_ctx_40s_flash"] / 1e3
+        print(f"[bench stream] tiny, 1 session, {ctx:>2} s filled: " + ", ".join(
+            f"{m} {results[f'step_ms_ctx_{ctx}s_{m}']:.1f} ms" for m in MODES), flush=True)
+    step_1 = results[f"step_ms_ctx_40s_{tiny.model.transformer.decode_attention}"] / 1e3  # the default mode
     results["rtf_tiny"] = step_1 / 0.2
     cost_1 = micro_turn_cost(tiny, p_tiny, 1, 200 * s)
     results["bytes_tiny_1"], results["flops_tiny_1"] = cost_1["bytes"], cost_1["flops"]

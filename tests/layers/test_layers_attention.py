@@ -232,7 +232,7 @@ FLASH_CASES = [(0, 37, 0, 3, 8), (0, 37, 5, 3, 8), (0, 37, 20, 1, 8), (0, 37, 34
 
 @pytest.mark.parametrize("window,size,fill,t,block", FLASH_CASES)
 def test_flash_decoding_equals_dense_cached_attention(window, size, fill, t, block):
-    from interaction_jax.layers import dense_cached_attention, flash_cached_attention
+    from interaction_jax.layers import auto_cached_attention, dense_cached_attention, flash_cached_attention
 
     rng = np.random.default_rng(fill + t)
     b, h, hkv, d, lag = 2, 4, 2, 16, 3
@@ -244,6 +244,8 @@ def test_flash_decoding_equals_dense_cached_attention(window, size, fill, t, blo
     flash = jax.jit(flash_cached_attention, static_argnums=(5, 6))(q, cache, k, v, jnp.asarray(pos), window, block)
     dense = dense_cached_attention(q, cache, k, v, jnp.asarray(pos), window)
     np.testing.assert_allclose(flash, dense, atol=1e-5, rtol=1e-5)
+    auto = jax.jit(auto_cached_attention, static_argnums=(5, 6))(q, cache, k, v, jnp.asarray(pos), window, block)
+    np.testing.assert_allclose(auto, dense, atol=1e-5, rtol=1e-5)  # whichever branch the fill picks
     assert np.all(np.asarray(flash)[1, -1] == 0)  # a query with no visible key gives zeros, as dense does
 
 
