@@ -102,8 +102,8 @@ def micro_turn_cost(cfg: Config, params: Any, batch: int, filled_tokens: int) ->
     sampling = Sampling.from_config(cfg)
     calls = 1 + (lay.num_text_out - 1) + lay.num_audio  # prefill, then one call per decoded slot
     flow_evals = lay.num_audio * sampling.flow_steps * (1 if sampling.cfg_scale == 1.0 else 2)
-    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-    n_transformer, n_flow = count(params["transformer"]), count(params["flow_head"])
+    n_transformer = model_lib.count_params(params["transformer"])
+    n_flow = model_lib.count_params(params["flow_head"])
     param_bytes = 4  # params are float32, cast at use
     cache_elem = jnp.dtype(t.cache_dtype or t.dtype).itemsize
     kv_per_token = t.num_layers * (2 * t.num_kv_heads * t.head_dim * cache_elem + 4)  # k, v and pos

@@ -128,10 +128,11 @@ class Server:
         eng, b = self.engine, self.engine.batch_slots
         lay = eng.layout
         # a session that closed (or whose slot was taken by a new one) while its chunk waited is skipped
-        for slot, (conn, _) in ready.items():
-            if self.conns.get(slot) is not conn and conn.pending is not None:  # nobody waits: end its delivery
-                conn.pending.get_loop().call_soon_threadsafe(_resolve, conn.pending, RuntimeError("session closed"))
-        ready = {slot: (conn, chunk) for slot, (conn, chunk) in ready.items() if self.conns.get(slot) is conn}
+        for slot, (conn, _) in list(ready.items()):
+            if self.conns.get(slot) is not conn:  # closed while it waited: skip it, and end its delivery
+                del ready[slot]
+                if conn.pending is not None:
+                    conn.pending.get_loop().call_soon_threadsafe(_resolve, conn.pending, RuntimeError("session closed"))
         if not ready:
             return
         audio = np.zeros((b, self.config.audio.chunk_samples), np.float32)
