@@ -33,6 +33,11 @@ def get_config() -> Config:
                 d_model=256, num_layers=5, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=768,
             ),
             flow_head=FlowHeadConfig(width=256, depth=3),
+            # Text-out logits read the text input table, and each token knows its slot in the chunk: with the
+            # two, repeat's teacher-forced digit accuracy reached in 300 steps what took 1200 without
+            # (experiments/002_learning/README.md, run 3; docs/architecture.md, departure 24).
+            tie_text_embeddings=True,
+            slot_embedding="slot",
             max_chunks=200,  # 40 s sessions: keeps eval and CPU serving fast (see README, Known limits)
             pad_multiple=8,  # CPU: 40 chunks x 17 = 680 tokens need no 128-tile padding (that was 13% waste)
         ),

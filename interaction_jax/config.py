@@ -157,6 +157,10 @@ class ModelConfig:
     text_to_voice: Literal["first", "all"] = "all"
     mel_feedback_dropout: float = 0.25  # training: fed-back mel blocks replaced by silence (see model.__call__)
     tie_text_embeddings: bool = False  # text-out logits from the text input table (see model.text_logits)
+    # Position inside the chunk: "type" adds one embedding per slot type (a token knows it is TEXT_IN, not
+    # which of the TEXT_IN slots); "slot" adds one more per slot index, so a token knows it is the 2nd typed
+    # byte or the 3rd 50 ms of audio of its chunk without inferring it through RoPE (model._slot).
+    slot_embedding: Literal["type", "slot"] = "type"
     silent_mel_weight: float = 0.25  # flow loss weight of silent target blocks (voiced ones weigh 1; ~8% are voiced)
     max_chunks: int = 600  # longest context (chunks) a session or window may hold: 600 = 120 s
     pad_multiple: int = 128  # training sequences are padded to this (cuDNN / splash tiles); padding is masked

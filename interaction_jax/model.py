@@ -108,6 +108,9 @@ class InteractionModel(nn.Module):
         # As large as the content: a typed "7" and a spoken-by-me "7" share a row of text_embed, and only
         # this tells them apart (at std 0.02 it was 2% of the token, so attention could not find slot types).
         self.slot_type_embed = _param("slot_type_embed", (None, "embed"), unit_init, (len(SlotType), d), self)
+        if self.model.slot_embedding == "slot":
+            self.slot_index_embed = _param("slot_index_embed", (None, "embed"), unit_init,
+                                           (lay.slots_per_chunk, d), self)
         # dMel bag of embeddings: one row per (frame-in-token, channel, bin); a token is the sum of its rows.
         self.dmel_table = _param("dmel_table", (None, None, "embed"),
                                  dmel_table_init(lay.frames_per_token, lay.num_mels),
@@ -130,8 +133,18 @@ class InteractionModel(nn.Module):
         self.flow_head = FlowHead(config=self.model.flow_head, out_dim=lay.mel_block, dtype=self.dtype)
 
     # ------------------------------------------------------------------ front-ends (one chunk axis N)
-    def _slot(self, x: jax.Array, kind: SlotType) -> jax.Array:
-        return (x + self.slot_type_embed[int(kind)]).astype(self.dtype)
+    def _slot(self, x: jax.Array, kind: SlotType, first: int = 0) -> jax.Array:
+        """Add the slot-type embedding (and, with ``slot_embedding="slot"``, the slot-index one).
+
+        ``x`` is [..., count, D] for the ``count`` consecutive slots of ``kind`` starting at its slot
+        ``first`` (decode feeds one slot at a time), or [D] for the single TICK slot.
+        """
+        x = x + self.slot_type_embed[int(kind)]
+        if self.model.slot_embedding == "slot":
+            start = self.layout.offset(kind) + first
+            x = x + (self.slot_index_embed[start] if x.ndim == 1 else
+                     self.slot_index_embed[start : start + x.shape[-2]])
+        return x.astype(self.dtype)
 
     def embed_audio_in(self, bins: jax.Array) -> jax.Array:
         """int32[..., F, M] dMel bins -> [..., A, D] bag-of-embeddings tokens.
@@ -152,10 +165,11 @@ class InteractionModel(nn.Module):
         tokens = jnp.where(frame_mask[..., None, None], tokens, self.no_frame_embed.astype(tokens.dtype))
         return self._slot(tokens, SlotType.VIDEO)
 
-    def embed_text(self, ids: jax.Array, kind: SlotType) -> jax.Array:
-        return self._slot(jnp.take(self.text_embed, ids, axis=0), kind)
+    def embed_text(self, ids: jax.Array, kind: SlotType, first: int = 0) -> jax.Array:
+        """int32[..., count] -> [..., count, D] for ``count`` slots of ``kind`` starting at slot ``first``."""
+        return self._slot(jnp.take(self.text_embed, ids, axis=0), kind, first)
 
-    def embed_mel(self, blocks: jax.Array, last_text: jax.Array | None = None) -> jax.Array:
+    def embed_mel(self, blocks: jax.Array, last_text: jax.Array | None = None, first: int = 0) -> jax.Array:
         """float32[..., A, k*M] previous mel blocks -> AUDIO_OUT input tokens.
 
         ``last_text`` [...] is the chunk's last text-out token: it is added to the first AUDIO_OUT slot, the
@@ -168,7 +182,7 @@ class InteractionModel(nn.Module):
         if last_text is not None:
             word = jnp.take(self.text_embed, last_text, axis=0).astype(x.dtype)
             x = x + word[..., None, :] if self.model.text_to_voice == "all" else x.at[..., 0, :].add(word)
-        return self._slot(x, SlotType.AUDIO_OUT)
+        return self._slot(x, SlotType.AUDIO_OUT, first)
 
     def embed_inputs(self, audio_in, frames, frame_mask, text_in) -> jax.Array:
         """World-side slots of each chunk, [..., N, num_input_slots, D] in layout order (TICK..TEXT_IN)."""
@@ -267,7 +281,7 @@ class InteractionModel(nn.Module):
         tokens = [sample_tokens(logits[0], text_keys[:, 0], sampling)]
         off_text = lay.offset(SlotType.TEXT_OUT)
         for j in range(1, lay.num_text_out):
-            x = self.embed_text(tokens[-1][:, None], SlotType.TEXT_OUT)
+            x = self.embed_text(tokens[-1][:, None], SlotType.TEXT_OUT, first=j)
             h, cache, _ = self.run_transformer(x, base + off_text + j, cache)
             logits.append(self.text_logits(h[:, -1]))
             tokens.append(sample_tokens(logits[-1], text_keys[:, j], sampling))
@@ -275,7 +289,8 @@ class InteractionModel(nn.Module):
         off_audio = lay.offset(SlotType.AUDIO_OUT)
         blocks, conds, prev = [], [], prev_mel
         for i in range(lay.num_audio):
-            x = self.embed_mel(prev[:, None], tokens[-1] if i == 0 or self.model.text_to_voice == "all" else None)
+            x = self.embed_mel(prev[:, None], tokens[-1] if i == 0 or self.model.text_to_voice == "all" else None,
+                               first=i)
             h, cache, _ = self.run_transformer(x, base + off_audio + i, cache)
             conds.append(h[:, 0])
             sample = self.flow_head.sample_with_noise(

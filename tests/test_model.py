@@ -263,12 +263,16 @@ def test_dmel_tokens_of_a_digit_start_out_distinguishable():
     cfg = load_config(ROOT / "configs/tiny.py")
     params = nn.unbox(model_lib.init(jax.random.key(0), cfg))
     model = InteractionModel.from_config(cfg)
+    lay = model_lib.Layout.from_config(cfg.audio, cfg.vision, cfg.text)
     tokens, labels = [], []
     for seed in range(12):
         ep = synthetic.generate("repeat", seed, echo=False)
         bins = episode_arrays(ep, cfg)["audio_in"]
         emb = np.asarray(model.apply({"params": params}, jnp.asarray(bins), method=InteractionModel.embed_audio_in))
-        emb = emb.reshape(-1, emb.shape[-1]) - np.asarray(params["slot_type_embed"][2])  # the bag itself
+        emb = emb.reshape(*bins.shape[:1], -1, emb.shape[-1]) - np.asarray(params["slot_type_embed"][2])
+        if "slot_index_embed" in params:  # the bag itself: without the slot-type and slot-index rows
+            emb = emb - np.asarray(params["slot_index_embed"])[None, lay.slot_range(model_lib.SlotType.AUDIO_IN)]
+        emb = emb.reshape(-1, emb.shape[-1])
         for onset, digit in zip(ep.labels["user_onsets_s"], ep.labels["user_digits"], strict=True):
             tokens.append(emb[int((onset + 0.06) / 0.05)])
             labels.append(digit)
@@ -318,3 +322,22 @@ def test_text_to_voice_adds_the_word_to_the_configured_audio_out_slots(setup, mo
     a, b = emb(params, jnp.array([ord("4")])), emb(params, jnp.array([ord("2")]))
     changed = [i for i in range(lay.num_audio) if not np.allclose(a[0, i], b[0, i])]
     assert changed == slots_that_see_it
+
+
+@pytest.mark.parametrize("mode", ["type", "slot"])
+def test_slot_embedding_tells_slots_of_one_type_apart_only_when_asked(setup, mode):
+    """``model.slot_embedding="slot"``: the same typed byte in TEXT_IN slot 0 and slot 1 (or the same dMel
+    bag in two AUDIO_IN slots) becomes two different tokens; with "type" they stay identical."""
+    cfg, _, _ = setup
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, slot_embedding=mode))
+    params = nn.unbox(model_lib.init(jax.random.key(0), cfg))
+    model = InteractionModel.from_config(cfg)
+    same_text = jnp.full((1, 1, 2), ord("7"), jnp.int32)
+    same_audio = jnp.zeros((1, 1, 16, 80), jnp.int32)
+    frames, mask = jnp.zeros((1, 1, 80, 80, 3), jnp.uint8), jnp.zeros((1, 1), bool)
+    x = model.apply({"params": params}, same_audio, frames, mask, same_text, method=InteractionModel.embed_inputs)
+    lay = model_lib.Layout.from_config(cfg.audio, cfg.vision, cfg.text)
+    text = x[0, 0, lay.slot_range(model_lib.SlotType.TEXT_IN)]
+    audio = x[0, 0, lay.slot_range(model_lib.SlotType.AUDIO_IN)]
+    differ = not np.allclose(text[0], text[1]) and not np.allclose(audio[0], audio[1])
+    assert differ == (mode == "slot")

@@ -48,10 +48,14 @@ def run(engine, audio, frames, text, seeds, rows_mask=None):
     return state, outs
 
 
-@pytest.mark.parametrize("text_to_voice", ["first", "all"])
-def test_streaming_equals_teacher_forced_forward(setup, text_to_voice):
-    cfg, params = setup
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text_to_voice=text_to_voice))
+@pytest.mark.parametrize("text_to_voice,slot_embedding", [("first", "type"), ("all", "type"), ("all", "slot")])
+def test_streaming_equals_teacher_forced_forward(setup, text_to_voice, slot_embedding):
+    cfg, _ = setup
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text_to_voice=text_to_voice,
+                                                             slot_embedding=slot_embedding))
+    params = nn.unbox(model_lib.init(jax.random.key(3), cfg))
+    if slot_embedding == "slot":  # one more table: the decode path must add the row of each slot it feeds
+        assert params["slot_index_embed"].shape == (17, cfg.model.transformer.d_model)
     n = 6
     engine = Engine(cfg, params, batch_slots=1, cache_chunks=8, sampling=SAMPLING)
     audio, frames, text = inputs(n, 1, 0)

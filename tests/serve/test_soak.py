@@ -129,7 +129,12 @@ def test_soak_32_sessions_with_churn_and_malformed_frames(model):
     assert all(len(a) == CHUNKS * 3200 and d == 0 for a, d in results)  # nobody dropped or cut short
     assert sum(len(c) for c in churned) >= 6 and all(len(a) == 12 * 3200 for c in churned for a, _ in c)
     assert codes and set(codes) == {1007}
-    assert rss[-1] - rss[len(rss) // 4] < 64, rss  # memory flat after warm-up (RSS, MB)
+    # Memory flat after warm-up: the median RSS of the last quarter of the samples against the second
+    # quarter's. One sample against another failed once inside the full suite (+78 MB in a 5 GB process:
+    # the allocator's transient spikes); a leak per session or chunk moves the whole quarter, a spike does not.
+    q = len(rss) // 4
+    assert q >= 2, rss
+    assert np.median(rss[-q:]) - np.median(rss[q : 2 * q]) < 64, rss
 
     # Not corrupted: session 1000 (slot 0) equals the same session stepped alone in a 36-slot engine.
     engine = Engine(cfg, params, batch_slots=SLOTS)

@@ -1,0 +1,113 @@
+"""The trained reference model on inputs made outside the task code, through the user's own command.
+
+A user who synthesises DTMF digits with any tool and runs
+``python -m interaction_jax stream --checkpoint experiments/002_learning/model --audio in.wav --out out.wav``
+should hear the model answer; a typed "say D in K s" through ``--text-events`` should be answered at K s.
+The inputs here are made by the few lines below, not by ``data/synthetic``: another sample rate (44.1 kHz,
+so ``stream`` resamples), other tone levels, lengths and gaps, no room noise and no echo. The model is the
+float16 export of experiment 002's final checkpoint (run 3a), committed beside its config.
+
+What is asserted is what that checkpoint does (measured on these files; experiments/002_learning/README.md,
+"Outside inputs"), so a change that breaks the path, the resampling, the export or the model's learned
+turn-taking fails here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from interaction_jax.data.synthetic.voices import decode_dtmf
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "experiments" / "002_learning" / "model"
+RATE = 44_100
+ROWS, COLS = (697, 770, 852, 941), (1209, 1336, 1477, 1633)
+KEYS = "123A456B789C*0#D"
+
+
+def dtmf_wav(path: Path, digits: str, *, start_s: float, tone_s: float, gap_s: float, level_dbfs: float,
+             total_s: float) -> float:
+    """Write ``digits`` as plain two-sine DTMF (5 ms raised-cosine edges); returns when the last tone ends."""
+    t = np.arange(round(tone_s * RATE)) / RATE
+    edge = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.005)
+    wave = np.zeros(round(total_s * RATE))
+    onset = start_s
+    for d in digits:
+        r, c = divmod(KEYS.index(d), 4)
+        tone = (np.sin(2 * np.pi * ROWS[r] * t) + np.sin(2 * np.pi * COLS[c] * t)) * edge
+        i = round(onset * RATE)
+        wave[i : i + t.size] += 10 ** (level_dbfs / 20) / 2 * tone
+        onset += tone_s + gap_s
+    sf.write(path, wave.astype(np.float32), RATE)
+    return onset - gap_s
+
+
+def stream(tmp_path: Path, audio: Path, *extra: str) -> tuple[np.ndarray, list]:
+    """The user's command in a fresh process. Files of one length share a program, so a persistent
+    compilation cache (the same compiled code, not different numerics) saves the recompiles."""
+    out = tmp_path / "out.wav"
+    cmd = [sys.executable, "-m", "interaction_jax", "stream", "--checkpoint", str(MODEL), "--audio", str(audio),
+           "--out", str(out), *extra]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path.parent / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wave, sr = sf.read(out, dtype="float32")
+    assert sr == 16_000
+    return wave, json.loads(out.with_suffix(".json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model_present():
+    assert (MODEL / "params.npz").exists() and (MODEL / "config.json").exists(), f"{MODEL} is missing"
+
+
+# (digits, first tone onset s, tone s, gap s, level dBFS): lengths, gaps and levels the generator does not use.
+DTMF_CASES = [("27", 0.9, 0.12, 0.13, -14.0), ("380", 1.3, 0.09, 0.16, -20.0), ("5196", 0.7, 0.15, 0.10, -9.0),
+              ("62", 1.1, 0.11, 0.19, -17.0)]
+
+
+def test_outside_dtmf_is_answered_after_the_user_with_the_digits_it_heard(tmp_path, model_present):
+    """The model waits for the user to finish, answers promptly, and starts with the digit it heard first."""
+    replies = []
+    for digits, start, tone, gap, level in DTMF_CASES:
+        wav = tmp_path / f"in_{digits}.wav"
+        user_end = dtmf_wav(wav, digits, start_s=start, tone_s=tone, gap_s=gap, level_dbfs=level, total_s=5.0)
+        out, transcript = stream(tmp_path, wav)
+        heard = decode_dtmf(out)
+        said = "".join(d for _, d in heard)
+        onset = heard[0][0] - user_end if heard else None
+        replies.append((digits, said, onset, [e["text"] for e in transcript]))
+    print("\n".join(map(str, replies)))
+    # Turn-taking on every file: a reply exists, and it starts after the user's last tone, within 0.8 s.
+    for digits, said, onset, _ in replies:
+        assert said, f"no reply to {digits}: {replies}"
+        assert 0.0 < onset < 0.8, f"reply to {digits} started {onset:+.2f} s after the user ended: {replies}"
+    # Content: the first reply digit is the user's first digit on most files.
+    assert sum(said[0] == digits[0] for digits, said, _, _ in replies) >= 3, replies
+
+
+TYPED_CASES = [(0.6, "7", 3), (1.0, "4", 2), (0.4, "9", 4)]
+
+
+def test_typed_instruction_through_text_events_is_answered_on_time(tmp_path, model_present):
+    """``say D in K s`` typed at t (no audio from the user): the model speaks at about t + K s."""
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(RATE * 7, np.float32), RATE)
+    results = []
+    for t, digit, k in TYPED_CASES:
+        events = tmp_path / "events.json"
+        events.write_text(json.dumps([{"time": t, "text": f"say {digit} in {k} s"}]))
+        out, _ = stream(tmp_path, silence, "--text-events", str(events))
+        heard = decode_dtmf(out)
+        results.append((t + k, heard[0][0] if heard else None, heard))
+    print("\n".join(map(str, results)))
+    assert all(onset is not None for _, onset, _ in results), results
+    on_time = sum(abs(onset - due) <= 0.4 for due, onset, _ in results)
+    assert on_time >= 2, results
