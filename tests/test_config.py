@@ -88,3 +88,20 @@ def test_cli_prints_resolved_config():
         cwd=ROOT, capture_output=True, text=True,
     )
     assert bad.returncode == 2 and "valid keys" in bad.stderr
+
+
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*/config.py"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.parent.name)
+def test_every_experiment_config_reproduces_the_config_its_results_came_from(path):
+    """An experiment's results were made by the resolved ``config.json`` beside them; its ``config.py`` must
+    still resolve to exactly that, so a change to an inherited default (``configs/tiny.py``) cannot silently
+    make the folder's command run something other than what its tables report."""
+    cfg = load_config(path)
+    doc = path.read_text().split('"""')[1]
+    assert "python -m interaction_jax train --config " + str(path.relative_to(ROOT)) in doc
+    assert "Expected" in doc
+    saved = from_dict(json.loads((path.parent / "config.json").read_text()))
+    assert flatten(cfg) == flatten(saved), {k: (v, flatten(saved).get(k)) for k, v in flatten(cfg).items()
+                                            if flatten(saved).get(k) != v}
