@@ -102,6 +102,5 @@ def test_every_experiment_config_reproduces_the_config_its_results_came_from(pat
     doc = path.read_text().split('"""')[1]
     assert "python -m interaction_jax train --config " + str(path.relative_to(ROOT)) in doc
     assert "Expected" in doc
-    saved = from_dict(json.loads((path.parent / "config.json").read_text()))
-    assert flatten(cfg) == flatten(saved), {k: (v, flatten(saved).get(k)) for k, v in flatten(cfg).items()
-                                            if flatten(saved).get(k) != v}
+    got, saved = flatten(cfg), flatten(from_dict(json.loads((path.parent / "config.json").read_text())))
+    assert got == saved, {k: (v, saved.get(k)) for k, v in got.items() if saved.get(k) != v}
