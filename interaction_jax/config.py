@@ -161,6 +161,12 @@ class ModelConfig:
     # which of the TEXT_IN slots); "slot" adds one more per slot index, so a token knows it is the 2nd typed
     # byte or the 3rd 50 ms of audio of its chunk without inferring it through RoPE (model._slot).
     slot_embedding: Literal["type", "slot"] = "type"
+    # Auxiliary loss (0 = off): the mean of a frame's patch tokens, read through the text logits, must name the
+    # text visible in the frame (batch ``frame_text``; only synthetic video tasks label it). Reading a digit
+    # from pixels with a from-scratch stem needs thousands of examples; this gives every frame a label
+    # instead of one cue per episode. In the five-task mix it taught the video timing but blocked the
+    # text copies (experiments/002_learning/README.md, runs 5-6), so it is off by default.
+    frame_text_weight: float = 0.0
     silent_mel_weight: float = 0.25  # flow loss weight of silent target blocks (voiced ones weigh 1; ~8% are voiced)
     max_chunks: int = 600  # longest context (chunks) a session or window may hold: 600 = 120 s
     pad_multiple: int = 128  # training sequences are padded to this (cuDNN / splash tiles); padding is masked

@@ -8,7 +8,9 @@ Model FLOPs per *sequence token* for one training step (forward + backward) foll
   tokens it is applied to: the transformer's *active* params on every token (routed experts scaled by
   top_k / E), the unembedding on To/S of them, the flow head on A/S of them times the CFM noise
   multiplier, the mel-input projection on A/S, the dMel one-hot contraction on A/S, and the hMLP stem's
-  per-patch work (its 5x5, 2x2, 2x2, 2x2 stages run 64, 16, 4 and 1 times per patch) on V/S.
+  per-patch work (its 5x5, 2x2, 2x2, 2x2 stages run 64, 16, 4 and 1 times per patch) on V/S, and the
+  frame-text auxiliary (when on) one vocabulary projection per frame, on 1/S (its stem pass is the same
+  computation as the VIDEO slots' and is not counted twice).
   Lookups (text embedding, tick, slot type, position tables) cost no matmul FLOPs and are excluded.
 * The attention term is causal: query i attends to ~i keys, so the ``2 * 2 * H * Dh * T`` forward
   FLOPs of QK^T and AV over a full T x T score matrix are halved, then x3 for forward + backward.
@@ -74,6 +76,9 @@ def report(config: Config, params: Any | None = None) -> dict[str, Any]:
         "mel_in": components.get("mel_in", 0) * lay.num_audio / s,
         "dmel_onehot": lay.mel_block * config.audio.dmel_bins * d * lay.num_audio / s,
         "video_stem": stem * lay.num_video / s,
+        # the frame-text auxiliary scores one hidden state per frame against the vocabulary (model.py)
+        "frame_text_unembed": config.text.vocab_size * d / s if lay.num_video and config.model.frame_text_weight
+        else 0.0,
     }
     seq = lay.padded_len(config.data.window_chunks, config.model.pad_multiple)
     attention = 6 * tcfg.num_layers * tcfg.num_heads * tcfg.head_dim * seq

@@ -14,6 +14,8 @@ key                 shape                dtype    meaning
 ``text_out_weight`` [B, N, To]           float32  1 inside the episode, 0 for padding (the loss weighs by kind)
 ``mel_out``         [B, N, F, M]         float32  normalised log-mel (-1 silence .. 1 full scale), interval n+1
 ``mel_out_weight``  [B, N]               float32  1 inside the episode, 0 for padding chunks
+``frame_text``      [B, N]               int32    first byte of the text readable in frame n, PAD for none
+``frame_text_weight`` [B, N]             float32  1 where the episode labels its frames (synthetic), else 0
 ==================  ===================  =======  =============================================================
 
 Inputs at the model's own output slots are teacher-forced from the targets, shifted by one token in flat
@@ -245,7 +247,21 @@ class InteractionModel(nn.Module):
         hidden = hidden[:, :seq].reshape(b, n, lay.slots_per_chunk, -1)
         text_h = hidden[:, :, lay.slot_range(SlotType.TEXT_OUT)]
         audio_h = hidden[:, :, lay.slot_range(SlotType.AUDIO_OUT)]
-        return {"text_logits": self.text_logits(text_h), "flow_cond": audio_h, "aux_loss": aux}
+        out = {"text_logits": self.text_logits(text_h), "flow_cond": audio_h, "aux_loss": aux}
+        if lay.num_video and self.model.frame_text_weight:
+            out["frame_text_logits"] = self.frame_text_logits(batch["frames"])
+        return out
+
+    def frame_text_logits(self, frames: jax.Array) -> jax.Array:
+        """uint8[..., H, W, 3] -> [..., vocab]: the mean of a frame's patch tokens read as a text token.
+
+        The auxiliary target sits on the stem's output, not on a transformer output: there the frame's digit
+        becomes a vector like the typed digit's embedding in the *input*, which any layer can copy (a label
+        on the last layer's output taught the stem to read digits, 0.85 accuracy, but no later layer could
+        use it and the spoken digit stayed at chance; experiments/002_learning/README.md, probe).
+        """
+        tokens = self.video_stem(frames_to_input(frames).astype(self.dtype))
+        return self.text_logits(jnp.mean(tokens.astype(jnp.float32), axis=-2))
 
     def decode_chunk(
         self,
@@ -336,6 +352,19 @@ class InteractionModel(nn.Module):
 
         aux_w = self.model.transformer.moe.aux_loss_weight if self.model.transformer.moe.num_experts else 0.0
         loss = text_loss + self.model.flow_loss_weight * flow_loss + aux_w * out["aux_loss"]
+        frame_metrics = {}
+        if "frame_text_logits" in out and "frame_text" in batch:
+            f_logits, f_target = out["frame_text_logits"], batch["frame_text"]
+            f_ce = (jax.nn.logsumexp(f_logits, -1)
+                    - jnp.take_along_axis(f_logits, f_target[..., None], axis=-1)[..., 0])
+            labelled = batch["frame_text_weight"] > 0
+            frame_loss = _masked_mean(f_ce, labelled)
+            loss = loss + self.model.frame_text_weight * frame_loss
+            has_text = labelled & (f_target != tokenizer.PAD)
+            frame_metrics = {
+                "frame_text_loss": frame_loss,
+                "frame_text_acc": _masked_mean((jnp.argmax(f_logits, -1) == f_target).astype(jnp.float32), has_text),
+            }
 
         pred = jnp.argmax(logits, -1)
         correct = (pred == targets).astype(jnp.float32)
@@ -355,6 +384,7 @@ class InteractionModel(nn.Module):
             "text_out_word_frac": _masked_mean(is_word.astype(jnp.float32), v),
             "flow_loss_voiced": _masked_mean(per_block, (voiced * block_valid) > 0),
             "flow_loss_silent": _masked_mean(per_block, ((1.0 - voiced) * block_valid) > 0),
+            **frame_metrics,
         }
         return loss, metrics
 
@@ -413,6 +443,8 @@ def batch_spec(config: Config, batch_size: int, num_chunks: int) -> dict[str, ja
     if lay.num_video:
         spec["frames"] = ((b, n, config.vision.height, config.vision.width, 3), jnp.uint8)
         spec["frame_mask"] = ((b, n), jnp.bool_)
+        spec["frame_text"] = ((b, n), jnp.int32)
+        spec["frame_text_weight"] = ((b, n), jnp.float32)
     return {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in spec.items()}
 
 
@@ -423,7 +455,7 @@ def dummy_batch(config: Config, batch_size: int = 1, num_chunks: int = 2, seed: 
     for key, s in batch_spec(config, batch_size, num_chunks).items():
         if key == "audio_in":
             out[key] = rng.integers(0, config.audio.dmel_bins, s.shape, dtype=np.int32)
-        elif key in ("text_in", "text_out"):
+        elif key in ("text_in", "text_out", "frame_text"):
             out[key] = rng.integers(0, 256, s.shape, dtype=np.int32)
         elif key == "frames":
             out[key] = rng.integers(0, 256, s.shape, dtype=np.uint8)

@@ -341,3 +341,44 @@ def test_slot_embedding_tells_slots_of_one_type_apart_only_when_asked(setup, mod
     audio = x[0, 0, lay.slot_range(model_lib.SlotType.AUDIO_IN)]
     differ = not np.allclose(text[0], text[1]) and not np.allclose(audio[0], audio[1])
     assert differ == (mode == "slot")
+
+
+def test_frame_text_auxiliary_names_the_frame_from_the_stem(setup):
+    """Off by default (no extra output); on, the loss adds weight x CE of the frame's mean patch token read as
+    text against ``frame_text`` over labelled frames only, and its gradient reaches the video stem."""
+    from interaction_jax.text import tokenizer
+
+    cfg, params, batch = setup
+    b = {k: np.array(v) for k, v in batch.items()}
+    b["frame_text"][:] = tokenizer.PAD
+    b["frame_text"][:, 1:3] = ord("7")
+    b["frame_text_weight"][:] = 1.0
+    b["frame_text_weight"][:, 3] = 0.0  # chunk 3 unlabelled
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mel_feedback_dropout=0.0))  # = forward
+    on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, frame_text_weight=0.5))
+
+    def run(c, bb):
+        return jax.device_get(model_lib.loss_fn(params, jax.tree.map(jnp.asarray, bb), jax.random.key(3), config=c))
+
+    loss_off, m_off = run(cfg, b)
+    assert "frame_text_loss" not in m_off
+    assert "frame_text_logits" not in forward(cfg, params, jax.tree.map(jnp.asarray, b))
+    loss_on, m_on = run(on, b)
+    logits = np.asarray(forward(on, params, jax.tree.map(jnp.asarray, b))["frame_text_logits"])
+    assert logits.shape == (2, 4, cfg.text.vocab_size)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    ce = -np.take_along_axis(logp, b["frame_text"][..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(m_on["frame_text_loss"]), ce[:, :3].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(loss_on), float(loss_off) + 0.5 * ce[:, :3].mean(), rtol=1e-5)
+    # an unlabelled frame's target is ignored
+    b2 = {k: v.copy() for k, v in b.items()}
+    b2["frame_text"][:, 3] = ord("3")
+    np.testing.assert_allclose(float(run(on, b2)[0]), float(loss_on), rtol=1e-6)
+
+    def aux_only(p):
+        return model_lib.loss_fn(p, jax.tree.map(jnp.asarray, b), jax.random.key(3), config=on)[1]["frame_text_loss"]
+
+    grads = jax.grad(aux_only)(params)
+    stem = jax.tree.leaves(grads["video_stem"])
+    assert sum(float(jnp.abs(g).sum()) for g in stem) > 0

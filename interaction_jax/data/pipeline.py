@@ -117,7 +117,28 @@ def episode_arrays(ep: Episode, config: Config) -> dict[str, np.ndarray]:
     }
     if lay.num_video:
         out["frames"], out["frame_mask"] = _frames(ep, n, config)
+        out["frame_text"], out["frame_text_weight"] = frame_text_arrays(ep, n)
     return out
+
+
+def frame_text_arrays(ep: Episode, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N] int32 first byte of the text readable in each frame (PAD for none) and [N] float32 label weight.
+
+    The weight is 1 only where the episode labels its frames (``labels["frame_text"]``, written by the
+    synthetic video tasks) and a frame exists: real episodes carry no label and weigh 0, so the optional
+    frame-text auxiliary loss (``model.frame_text_weight``) never invents targets for them.
+    """
+    ids = np.full(n, tokenizer.PAD, np.int32)
+    weight = np.zeros(n, np.float32)
+    labels = ep.labels.get("frame_text")
+    if labels is None or ep.frames is None:
+        return ids, weight
+    if len(labels) != len(ep.frames):
+        raise ValueError(f"labels['frame_text'] has {len(labels)} entries for {len(ep.frames)} frames")
+    for i, text in enumerate(labels[:n]):
+        ids[i] = tokenizer.encode(text)[0] if text else tokenizer.PAD
+    weight[: min(n, len(labels))] = 1.0
+    return ids, weight
 
 
 def _frames(ep: Episode, n: int, config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +163,7 @@ def crop_window(arrays: dict[str, np.ndarray], start: int, length: int) -> dict[
         piece = arr[start : start + length]
         if len(piece) < length:
             pad = np.zeros((length - len(piece), *arr.shape[1:]), arr.dtype)
-            if key in ("text_in", "text_out"):
+            if key in ("text_in", "text_out", "frame_text"):
                 pad[...] = tokenizer.PAD
             piece = np.concatenate([piece, pad])
         out[key] = piece

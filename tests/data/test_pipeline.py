@@ -246,3 +246,21 @@ def test_multiprocess_prefetch_gives_the_same_batches():
     single = take(pipeline.make_iterator(cfg()), 2)
     workers = take(pipeline.make_iterator(cfg(num_workers=2)), 2)
     assert_batches_equal(single, workers)
+
+
+def test_frame_text_labels_reach_the_batch_only_where_labelled():
+    """Labelled frames give their digit's byte (PAD where nothing is shown); unlabelled episodes weigh 0."""
+    c = cfg()
+    ep = synthetic.generate("cuespeak", 4)
+    arr = pipeline.episode_arrays(ep, c)
+    digit, cue = ep.labels["digit"], ep.labels["cue_frame"]
+    assert arr["frame_text"][cue] == ord(digit) and arr["frame_text"][cue - 1] == tokenizer.PAD
+    np.testing.assert_array_equal(arr["frame_text_weight"], np.ones(ep.num_chunks, np.float32))
+    del ep.labels["frame_text"]  # a converted real episode carries no frame labels
+    arr = pipeline.episode_arrays(ep, c)
+    assert not arr["frame_text_weight"].any() and (arr["frame_text"] == tokenizer.PAD).all()
+    ep.labels["frame_text"] = ["1"]  # one label for many frames is a broken episode, said clearly
+    with pytest.raises(ValueError, match="frame_text"):
+        pipeline.episode_arrays(ep, c)
+    window = pipeline.crop_window(pipeline.episode_arrays(synthetic.generate("repcount", 1), c), 0, 60)
+    assert (window["frame_text_weight"][-5:] == 0).all() and (window["frame_text"][-5:] == tokenizer.PAD).all()

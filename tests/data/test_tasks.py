@@ -122,3 +122,38 @@ def test_mixed_segments_are_consistent():
     assert sum(s["duration_s"] for s in segs) == pytest.approx(ep.duration_s)
     words = sum(len(s["labels"].get("model_onsets_s", [])) for s in segs)
     assert words <= len(ep.model_words)
+
+
+def test_video_tasks_label_the_text_in_each_frame():
+    """``labels["frame_text"]`` names the digit in exactly the frames that show it, also inside packed streams."""
+    from interaction_jax.data.synthetic.tasks import stream
+
+    for seed in range(6):
+        ep = synthetic.generate("cuespeak", seed)
+        lab = ep.labels
+        shown = [i for i, t in enumerate(lab["frame_text"]) if t]
+        assert len(lab["frame_text"]) == len(ep.frames)
+        assert shown == list(range(lab["cue_frame"], lab["cue_frame"] + len(shown))) and len(shown) >= 3
+        assert {lab["frame_text"][i] for i in shown} == {lab["digit"]}
+        assert not any(synthetic.generate("repcount", seed).labels["frame_text"])
+    ep = stream(3, ("repeat", "cuespeak", "repcount"), 120, weights=(1.0, 2.0, 1.0))
+    assert len(ep.labels["frame_text"]) == len(ep.frames) == ep.num_chunks
+    cues = [s for s in ep.labels["segments"] if s["task"] == "cuespeak"]
+    assert cues
+    for s in cues:
+        first = round(s["offset_s"] / 0.2) + s["labels"]["cue_frame"]
+        assert ep.labels["frame_text"][first] == s["labels"]["digit"] and not ep.labels["frame_text"][first - 1]
+
+
+def test_some_rooms_are_digitally_silent():
+    """A share of episodes has no room noise at all (exact zeros), like a file made by a synthesiser."""
+    from interaction_jax.data.synthetic.tasks import DIGITAL_SILENCE_P
+
+    eps = [synthetic.generate("timespeak", seed, echo=False) for seed in range(120)]
+    silent = [ep for ep in eps if ep.labels["noise_dbfs"] is None]
+    assert abs(len(silent) / len(eps) - DIGITAL_SILENCE_P) < 0.08
+    assert all(not ep.user_audio.any() for ep in silent)  # timespeak's user only types
+    for ep in eps:
+        if ep.labels["noise_dbfs"] is not None:
+            rms_db = 20 * np.log10(np.sqrt(np.mean(ep.user_audio.astype(np.float64) ** 2)))
+            assert rms_db == pytest.approx(ep.labels["noise_dbfs"], abs=0.5)

@@ -25,10 +25,11 @@ boundary. Its text-out is then exactly ``[EPAD, symbol]`` in the chunk before, s
 random gap the model cannot know: the text's Bayes floor is 0 for every task (``text_floor``).
 The user's voice varies widely (level, tone length, gaps; see ``voices.USER_DTMF``).
 
-Echo and noise are applied last, once per episode (``_finish``): white room noise at -70..-50 dBFS, plus the
-model voice delayed by 10-120 ms at -30..-10 dB. ``Episode.user_audio`` is the full microphone (dry user +
-noise + echo); the dry microphone is *recomputed* by ``user_dry_audio`` from the stored ``echo_gain_db`` /
-``echo_delay_s`` labels instead of being stored, which saves a third of the audio bytes. The recomputation
+Echo and noise are applied last, once per episode (``_finish``): white room noise at -70..-50 dBFS (none,
+i.e. digital silence, in ``DIGITAL_SILENCE_P`` of episodes: label ``noise_dbfs`` None), plus the model voice
+delayed by 10-120 ms at -30..-10 dB. ``Episode.user_audio`` is the full microphone (dry user + noise + echo);
+the dry microphone is *recomputed* by ``user_dry_audio`` from the stored ``echo_gain_db`` / ``echo_delay_s``
+labels instead of being stored, which saves a third of the audio bytes. The recomputation
 is exact up to float32 rounding of the sum (< 1e-6 absolute). Echo parameters are drawn even when
 ``echo=False``, so the same seed gives the same episode with and without echo, apart from the echo itself.
 
@@ -64,6 +65,13 @@ BARGE_SYMBOLS = "*#ABCD"  # what the user presses to talk over the model: never 
 COUNT_TEXT = "count"
 COUNT_START_CHUNKS = 4  # the model's "1" starts this many chunks after the chunk "count" was typed in
 MIN_TEXT_RATE = 2  # bytes per chunk the TEXT_IN FIFO delivers at least (text.text_in_slots >= 2)
+# Label: the text readable in each frame ("" for none; here the cuespeak digit), one entry per chunk. Only
+# the optional frame-text auxiliary loss reads it (model.frame_text_weight); real episodes leave it out.
+FRAME_TEXT = "frame_text"
+# Fraction of episodes recorded with no room noise at all: files made digitally (a synthesiser, a TTS) hold
+# exact zeros between sounds, and a model that only ever heard a -70..-50 dBFS floor reads them as a
+# different world (measured: typed instructions 1/8 right on digital silence vs 6/8 with a floor).
+DIGITAL_SILENCE_P = 0.15
 MIN_CHUNKS = {"repeat": 25, "timespeak": 20, "cuespeak": 15, "repcount": 20, "interrupt": 25, "mixed": 30}
 
 
@@ -205,7 +213,8 @@ def _plan_cuespeak(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: i
     return _Draft(n, np.zeros(n * CHUNK_SAMPLES, np.float32), _render(model_v, model_ev, n, rng),
                   np.stack(images), [], _words(model_ev), {
                       "task": "cuespeak", "digit": digit, "cue_frame": cue, "cue_time_s": _q(cue * CHUNK_S),
-                      "cue_end_s": _q(min(cue + visible, n) * CHUNK_S), "model_onset_s": model_ev[0][0]})
+                      "cue_end_s": _q(min(cue + visible, n) * CHUNK_S), "model_onset_s": model_ev[0][0],
+                      FRAME_TEXT: [digit if cue <= i < cue + visible else "" for i in range(n)]})
 
 
 def _plan_repcount(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None,
@@ -230,7 +239,7 @@ def _plan_repcount(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: i
                   _words(model_ev), {
                       "task": "repcount", "count": count, "period_s": period, "start_s": start,
                       "rep_times_s": rep_times, "rep_frames": first_frames, "motion": motion.kind,
-                      "model_onsets_s": [e[0] for e in model_ev]})
+                      "model_onsets_s": [e[0] for e in model_ev], FRAME_TEXT: [""] * n})
 
 
 def _plan_interrupt(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None,
@@ -273,8 +282,9 @@ VIDEO_TASKS = ("cuespeak", "repcount")
 def _concat(drafts: list[_Draft], rng: np.random.Generator, task: str) -> _Draft:
     """Back-to-back drafts (chunk-aligned) as one longer draft; scenes without video get blank frames."""
     bg = fr.random_style(rng).bg
-    offset, segments, user_text, words, images = 0.0, [], [], [], []
+    offset, segments, user_text, words, images, frame_text = 0.0, [], [], [], [], []
     for d in drafts:
+        frame_text += d.labels.get(FRAME_TEXT, [""] * d.n_chunks)
         segments.append({"task": d.labels["task"], "offset_s": offset, "duration_s": d.n_chunks * CHUNK_S,
                          "labels": d.labels})
         user_text += [(_q(t + offset), s) for t, s in d.user_text]
@@ -285,7 +295,8 @@ def _concat(drafts: list[_Draft], rng: np.random.Generator, task: str) -> _Draft
     has_video = any(d.frames is not None for d in drafts)
     return _Draft(sum(d.n_chunks for d in drafts), np.concatenate([d.user for d in drafts]),
                   np.concatenate([d.model for d in drafts]), np.concatenate(images) if has_video else None,
-                  user_text, words, {"task": task, "segments": segments})
+                  user_text, words, {"task": task, "segments": segments,
+                                     **({FRAME_TEXT: frame_text} if has_video else {})})
 
 
 def _plan_mixed(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None) -> _Draft:
@@ -336,8 +347,11 @@ user_dry = user_dry_audio  # the name used in the design notes
 def _finish(draft: _Draft, rng: np.random.Generator, voice: str, echo: bool) -> Episode:
     gain_db = float(rng.uniform(-30.0, -10.0))
     delay_s = _q(rng.uniform(0.010, 0.120))
-    noise_dbfs = float(rng.uniform(-70.0, -50.0))
-    user = draft.user + rng.normal(0.0, 10 ** (noise_dbfs / 20), draft.user.size).astype(np.float32)
+    noise_dbfs: float | None = float(rng.uniform(-70.0, -50.0))
+    noise = rng.normal(0.0, 10 ** (noise_dbfs / 20), draft.user.size).astype(np.float32)
+    if rng.random() < DIGITAL_SILENCE_P:  # drawn last: every other draw (and episode) is unchanged by it
+        noise_dbfs, noise = None, np.float32(0.0)
+    user = draft.user + noise
     if echo:
         user = mix_echo(user, draft.model, gain_db, delay_s)
     labels = {**draft.labels, "voice": voice, "echo": bool(echo), "echo_gain_db": gain_db,
