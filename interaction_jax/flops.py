@@ -9,8 +9,8 @@ Model FLOPs per *sequence token* for one training step (forward + backward) foll
   top_k / E), the unembedding on To/S of them, the flow head on A/S of them times the CFM noise
   multiplier, the mel-input projection on A/S, the dMel one-hot contraction on A/S, and the hMLP stem's
   per-patch work (its 5x5, 2x2, 2x2, 2x2 stages run 64, 16, 4 and 1 times per patch) on V/S, and the
-  frame-text auxiliary (when on) one vocabulary projection per frame, on 1/S (its stem pass is the same
-  computation as the VIDEO slots' and is not counted twice).
+  frame-text auxiliary (when on) one vocabulary projection per frame, on 1/S (it reuses the VIDEO slots'
+  stem pass).
   Lookups (text embedding, tick, slot type, position tables) cost no matmul FLOPs and are excluded.
 * The attention term is causal: query i attends to ~i keys, so the ``2 * 2 * H * Dh * T`` forward
   FLOPs of QK^T and AV over a full T x T score matrix are halved, then x3 for forward + backward.

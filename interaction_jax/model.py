@@ -161,9 +161,16 @@ class InteractionModel(nn.Module):
         tokens = jnp.einsum("...cb,cbd->...d", onehot, self.dmel_table.astype(self.dtype))
         return self._slot(tokens, SlotType.AUDIO_IN)
 
-    def embed_video(self, frames: jax.Array, frame_mask: jax.Array) -> jax.Array:
-        """uint8[..., H, W, 3] + bool[...] -> [..., V, D]; missing frames use learned no-frame tokens."""
-        tokens = self.video_stem(frames_to_input(frames).astype(self.dtype))
+    def video_patches(self, frames: jax.Array) -> jax.Array:
+        """uint8[..., H, W, 3] -> [..., V, D] hMLP patch tokens, before the no-frame mask and slot embeddings."""
+        return self.video_stem(frames_to_input(frames).astype(self.dtype))
+
+    def embed_video(self, frames: jax.Array, frame_mask: jax.Array, patches: jax.Array | None = None) -> jax.Array:
+        """uint8[..., H, W, 3] + bool[...] -> [..., V, D]; missing frames use learned no-frame tokens.
+
+        ``patches`` are ``video_patches(frames)`` when the caller already has them (the frame-text auxiliary).
+        """
+        tokens = self.video_patches(frames) if patches is None else patches
         tokens = jnp.where(frame_mask[..., None, None], tokens, self.no_frame_embed.astype(tokens.dtype))
         return self._slot(tokens, SlotType.VIDEO)
 
@@ -186,13 +193,13 @@ class InteractionModel(nn.Module):
             x = x + word[..., None, :] if self.model.text_to_voice == "all" else x.at[..., 0, :].add(word)
         return self._slot(x, SlotType.AUDIO_OUT, first)
 
-    def embed_inputs(self, audio_in, frames, frame_mask, text_in) -> jax.Array:
+    def embed_inputs(self, audio_in, frames, frame_mask, text_in, patches=None) -> jax.Array:
         """World-side slots of each chunk, [..., N, num_input_slots, D] in layout order (TICK..TEXT_IN)."""
         lead = audio_in.shape[:-2]
         tick = jnp.broadcast_to(self._slot(self.tick_embed, SlotType.TICK), (*lead, 1, self.tick_embed.shape[0]))
         parts = [tick]
         if self.layout.num_video:
-            parts.append(self.embed_video(frames, frame_mask))
+            parts.append(self.embed_video(frames, frame_mask, patches))
         parts += [self.embed_audio_in(audio_in), self.embed_text(text_in, SlotType.TEXT_IN)]
         return jnp.concatenate(parts, axis=-2)
 
@@ -229,7 +236,10 @@ class InteractionModel(nn.Module):
             drop = jax.random.bernoulli(rng, self.model.mel_feedback_dropout, mel_prev.shape[:2])
             mel_prev = jnp.where(drop[..., None], SILENCE_MEL, mel_prev)
 
-        inputs = self.embed_inputs(batch["audio_in"], batch.get("frames"), batch.get("frame_mask"), batch["text_in"])
+        # The frame-text auxiliary reads the same patch tokens the VIDEO slots get: compute the stem once.
+        patches = self.video_patches(batch["frames"]) if lay.num_video and self.model.frame_text_weight else None
+        inputs = self.embed_inputs(batch["audio_in"], batch.get("frames"), batch.get("frame_mask"), batch["text_in"],
+                                   patches)
         tokens = jnp.concatenate(
             [
                 inputs,
@@ -248,20 +258,19 @@ class InteractionModel(nn.Module):
         text_h = hidden[:, :, lay.slot_range(SlotType.TEXT_OUT)]
         audio_h = hidden[:, :, lay.slot_range(SlotType.AUDIO_OUT)]
         out = {"text_logits": self.text_logits(text_h), "flow_cond": audio_h, "aux_loss": aux}
-        if lay.num_video and self.model.frame_text_weight:
-            out["frame_text_logits"] = self.frame_text_logits(batch["frames"])
+        if patches is not None:
+            out["frame_text_logits"] = self.frame_text_logits(patches)
         return out
 
-    def frame_text_logits(self, frames: jax.Array) -> jax.Array:
-        """uint8[..., H, W, 3] -> [..., vocab]: the mean of a frame's patch tokens read as a text token.
+    def frame_text_logits(self, patches: jax.Array) -> jax.Array:
+        """[..., V, D] patch tokens (``video_patches``) -> [..., vocab]: their mean read as a text token.
 
         The auxiliary target sits on the stem's output, not on a transformer output: there the frame's digit
         becomes a vector like the typed digit's embedding in the *input*, which any layer can copy (a label
         on the last layer's output taught the stem to read digits, 0.85 accuracy, but no later layer could
         use it and the spoken digit stayed at chance; experiments/002_learning/README.md, probe).
         """
-        tokens = self.video_stem(frames_to_input(frames).astype(self.dtype))
-        return self.text_logits(jnp.mean(tokens.astype(jnp.float32), axis=-2))
+        return self.text_logits(jnp.mean(patches.astype(jnp.float32), axis=-2))
 
     def decode_chunk(
         self,
@@ -336,9 +345,7 @@ class InteractionModel(nn.Module):
         is_word = ~(is_pad | is_epad)
         t = self.text
         weights = valid * jnp.where(is_pad, t.pad_weight, jnp.where(is_epad, t.epad_weight, t.word_weight))
-        logz = jax.nn.logsumexp(logits, axis=-1)
-        target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        ce = logz - target_logit
+        ce = _token_ce(logits, targets)
         text_loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
 
         b, n = targets.shape[:2]
@@ -355,8 +362,7 @@ class InteractionModel(nn.Module):
         frame_metrics = {}
         if "frame_text_logits" in out and "frame_text" in batch:
             f_logits, f_target = out["frame_text_logits"], batch["frame_text"]
-            f_ce = (jax.nn.logsumexp(f_logits, -1)
-                    - jnp.take_along_axis(f_logits, f_target[..., None], axis=-1)[..., 0])
+            f_ce = _token_ce(f_logits, f_target)
             labelled = batch["frame_text_weight"] > 0
             frame_loss = _masked_mean(f_ce, labelled)
             loss = loss + self.model.frame_text_weight * frame_loss
@@ -417,6 +423,11 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax
         kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+def _token_ce(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token cross-entropy (nats) of integer ``targets`` under ``logits`` [..., vocab]."""
+    return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
 
 
 def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
