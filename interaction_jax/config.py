@@ -167,6 +167,14 @@ class ModelConfig:
     # instead of one cue per episode. In the five-task mix it taught the video timing but blocked the
     # text copies (experiments/002_learning/README.md, runs 5-6), so it is off by default.
     frame_text_weight: float = 0.0
+    # Front-end switches (frontends/; experiments/003_frontends asks which one wins): what AUDIO_IN slots hear
+    # (dMel bag, linear on log-mel, linear on the raw 50 ms waveform), how VIDEO patches are embedded (hMLP
+    # stem or one linear map per patch) and what emits the voice (flow head, direct regression, or a 16-way
+    # dMel-bin softmax per mel cell). flow_head.width / depth size every audio-out head.
+    audio_in: Literal["dmel", "mel_linear", "wave_linear"] = "dmel"
+    video_in: Literal["hmlp", "linear"] = "hmlp"
+    audio_out: Literal["flow", "regress", "dmel_bins"] = "flow"
+    regress_loss: Literal["l1", "l2"] = "l1"  # audio_out="regress" only
     silent_mel_weight: float = 0.25  # flow loss weight of silent target blocks (voiced ones weigh 1; ~8% are voiced)
     max_chunks: int = 600  # longest context (chunks) a session or window may hold: 600 = 120 s
     pad_multiple: int = 128  # training sequences are padded to this (cuDNN / splash tiles); padding is masked

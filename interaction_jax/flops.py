@@ -6,9 +6,11 @@ Model FLOPs per *sequence token* for one training step (forward + backward) foll
 
 * ``N_eff`` sums, over every matmul-bearing component, its parameter count times the fraction of sequence
   tokens it is applied to: the transformer's *active* params on every token (routed experts scaled by
-  top_k / E), the unembedding on To/S of them, the flow head on A/S of them times the CFM noise
-  multiplier, the mel-input projection on A/S, the dMel one-hot contraction on A/S, and the hMLP stem's
-  per-patch work (its 5x5, 2x2, 2x2, 2x2 stages run 64, 16, 4 and 1 times per patch) on V/S, and the
+  top_k / E), the unembedding on To/S of them, the audio-out head on A/S of them (times the CFM noise
+  multiplier for the flow head), the mel-input projection on A/S, the audio-in front-end on A/S (the dMel
+  one-hot contraction, or the linear layer of ``mel_linear`` / ``wave_linear``), the video stem's per-patch
+  work on V/S (hMLP: its 5x5, 2x2, 2x2, 2x2 stages run 64, 16, 4 and 1 times per patch; linear: one
+  patch x patch x 3 -> D map), and the
   frame-text auxiliary (when on) one vocabulary projection per frame, on 1/S (it reuses the VIDEO slots'
   stem pass).
   Lookups (text embedding, tick, slot type, position tables) cost no matmul FLOPs and are excluded.
@@ -26,6 +28,8 @@ import jax
 import numpy as np
 
 from interaction_jax.config import Config
+from interaction_jax.frontends import audio_out as audio_out_lib
+from interaction_jax.frontends import video_in as video_in_lib
 from interaction_jax.layout import Layout
 
 
@@ -65,16 +69,20 @@ def report(config: Config, params: Any | None = None) -> dict[str, Any]:
     routed_active = routed * moe.top_k // moe.num_experts if moe.num_experts else 0
     active = total - routed + routed_active
 
-    stem = 0
-    if lay.num_video:
-        q = d // 4
-        stem = 64 * 75 * q + 16 * 4 * q * q + 4 * 4 * q * q + 4 * q * d
+    m = config.model
+    stem = video_in_lib.stem_flops_params(m.video_in, d, config.vision.patch) if lay.num_video else 0
+    head = f"{m.audio_out}_head"
+    audio_in = {  # matmul params per AUDIO_IN token: the dMel one-hot contraction, or the linear layer
+        "dmel": lay.mel_block * config.audio.dmel_bins * d,
+        "mel_linear": lay.mel_block * d,
+        "wave_linear": config.audio.chunk_samples // max(lay.num_audio, 1) * d,
+    }[m.audio_in]
     n_eff = {
         "transformer": float(transformer - routed + routed_active),
         "unembed": config.text.vocab_size * d * lay.num_text_out / s,  # tied or not, the same matmul
-        "flow_head": components.get("flow_head", 0) * lay.num_audio / s * config.model.flow_head.noise_multiplier,
+        head: components.get(head, 0) * lay.num_audio / s * audio_out_lib.flops_multiplier(m.audio_out, m.flow_head),
         "mel_in": components.get("mel_in", 0) * lay.num_audio / s,
-        "dmel_onehot": lay.mel_block * config.audio.dmel_bins * d * lay.num_audio / s,
+        f"audio_in_{m.audio_in}": audio_in * lay.num_audio / s,
         "video_stem": stem * lay.num_video / s,
         # the frame-text auxiliary scores one hidden state per frame against the vocabulary (model.py)
         "frame_text_unembed": config.text.vocab_size * d / s if lay.num_video and config.model.frame_text_weight

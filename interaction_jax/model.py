@@ -6,7 +6,9 @@ Batch contract (produced by ``interaction_jax.data.pipeline``; ``B`` batch, ``N`
 ==================  ===================  =======  =============================================================
 key                 shape                dtype    meaning
 ==================  ===================  =======  =============================================================
-``audio_in``        [B, N, F, M]         int32    dMel bins of the microphone for interval n (streaming frames)
+``audio_in``        [B, N, F, M]         int32    dMel bins of the microphone for interval n (streaming frames);
+                                                 ``model.audio_in`` variants carry float log-mel [B, N, F, M]
+                                                 or waveform [B, N, 3200] (frontends/audio_in.py)
 ``frames``          [B, N, H, W, 3]      uint8    the video frame of interval n (absent if the config has V=0)
 ``frame_mask``      [B, N]               bool     False -> the learned "no frame" tokens replace the hMLP output
 ``text_in``         [B, N, Ti]           int32    typed user text / background results, PAD when empty
@@ -40,42 +42,15 @@ import numpy as np
 
 from interaction_jax.audio.dmel import FULL_SCALE_MEL, SILENCE_MEL
 from interaction_jax.config import AudioConfig, Config, ModelConfig, TextConfig, VisionConfig
-from interaction_jax.flow_head import FlowHead
+from interaction_jax.frontends import audio_in as audio_in_lib
+from interaction_jax.frontends import audio_out as audio_out_lib
+from interaction_jax.frontends import video_in as video_in_lib
 from interaction_jax.layers import Transformer
 from interaction_jax.layout import Layout, SlotType
 from interaction_jax.text import tokenizer
-from interaction_jax.vision.hmlp import HMLPStem, frames_to_input
+from interaction_jax.vision.hmlp import frames_to_input
 
 SILENT_BLOCK_MAX = -0.9  # a target block whose maximum stays below this is silence (see data.pipeline)
-
-
-def dmel_table_init(frames_per_token: int, num_mels: int, noise: float = 0.3):
-    """Init of the dMel table [k*M cells, B bins, D]: ``2^(b - B + 1) * scale * (u_channel + noise * n)``.
-
-    A token sums one row per time-frequency cell. Two structures are built in, and the rows stay free:
-
-    * **Loudness weighting** (row norm doubles per bin). With equal rows, a DTMF tone (a few cells 3-4
-      bins above the room-noise floor, bin ~7 of 16) and the ~300 cells of noise around it weigh the
-      same, and the tone drowns.
-    * **One direction per mel channel** (``u_channel``, shared by the k frames and all bins of a channel).
-      With independent rows, the same tone at another level or 12 ms later in the token lands on unrelated
-      rows. Shared directions make the token start as a random projection of the loudness spectrum.
-
-    Measured on repeat episodes (cosine of tokens inside tones): independent equal rows gave 0.43 for the
-    same digit vs 0.37 for different digits, and the model did not learn to name a heard digit in 200
-    steps; this init gives 0.94 vs 0.55.
-    """
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-        _cells, bins, d = shape
-        k_u, k_n = jax.random.split(key)
-        u = jnp.tile(jax.random.normal(k_u, (num_mels, d)), (frames_per_token, 1))[:, None, :]
-        rows = u + noise * jax.random.normal(k_n, shape)
-        # scale: a token whose ~20 loudest cells sit 4 bins below the top starts at RMS ~1
-        gain = 2.0 ** (jnp.arange(bins, dtype=jnp.float32) - (bins - 1)) * (16.0 / 20**0.5)
-        return (rows * gain[None, :, None]).astype(dtype)
-
-    return init
 
 
 def _param(name: str, axes: tuple[str | None, ...], init, shape, module: nn.Module):
@@ -113,12 +88,12 @@ class InteractionModel(nn.Module):
         if self.model.slot_embedding == "slot":
             self.slot_index_embed = _param("slot_index_embed", (None, "embed"), unit_init,
                                            (lay.slots_per_chunk, d), self)
-        # dMel bag of embeddings: one row per (frame-in-token, channel, bin); a token is the sum of its rows.
-        self.dmel_table = _param("dmel_table", (None, None, "embed"),
-                                 dmel_table_init(lay.frames_per_token, lay.num_mels),
-                                 (lay.frames_per_token * lay.num_mels, self.audio.dmel_bins, d), self)
+        # The three front-end switches (frontends/): shared scope keeps the audio-in params at the top of the
+        # tree (``dmel_table``, ``audio_in_linear``), where checkpoints from before the switch have them.
+        self.audio_in_embed = audio_in_lib.make(self.model.audio_in, self.audio, d, self.dtype)
+        nn.share_scope(self, self.audio_in_embed)
         if lay.num_video:
-            self.video_stem = HMLPStem(dim=d, patch=self.vision.patch, dtype=self.dtype)
+            self.video_stem = video_in_lib.make(self.model.video_in, d, self.vision.patch, self.dtype)
             self.no_frame_embed = _param("no_frame_embed", (None, "embed"), unit_init, (lay.num_video, d), self)
         self.text_embed = _param("text_embed", ("vocab", "embed"), unit_init, (self.text.vocab_size, d), self)
         self.mel_in = nn.Dense(
@@ -132,7 +107,20 @@ class InteractionModel(nn.Module):
                 self.text.vocab_size, use_bias=False, dtype=jnp.float32, name="unembed",
                 kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("embed", "vocab")),
             )
-        self.flow_head = FlowHead(config=self.model.flow_head, out_dim=lay.mel_block, dtype=self.dtype)
+        head = audio_out_lib.make(self.model.audio_out, self.model.flow_head, lay.mel_block, self.audio,
+                                  self.model.regress_loss, self.dtype)
+        # one attribute per variant, so the param name says which head a checkpoint holds
+        if self.model.audio_out == "flow":
+            self.flow_head = head
+        elif self.model.audio_out == "regress":
+            self.regress_head = head
+        else:
+            self.dmel_bins_head = head
+
+    @property
+    def audio_head(self) -> nn.Module:
+        """The AUDIO_OUT head (``model.audio_out``): every variant has ``loss`` and ``sample_with_noise``."""
+        return getattr(self, f"{self.model.audio_out}_head")
 
     # ------------------------------------------------------------------ front-ends (one chunk axis N)
     def _slot(self, x: jax.Array, kind: SlotType, first: int = 0) -> jax.Array:
@@ -148,21 +136,14 @@ class InteractionModel(nn.Module):
                      self.slot_index_embed[start : start + x.shape[-2]])
         return x.astype(self.dtype)
 
-    def embed_audio_in(self, bins: jax.Array) -> jax.Array:
-        """int32[..., F, M] dMel bins -> [..., A, D] bag-of-embeddings tokens.
-
-        The bag (sum of one row per frame/channel/bin) is computed as a one-hot contraction: on TPU a dense
-        matmul beats a gather of k*80 rows per token, and its gradient is a matmul instead of a scatter-add.
-        """
-        lay = self.layout
-        lead = bins.shape[:-2]
-        grouped = bins.reshape(*lead, lay.num_audio, lay.frames_per_token * lay.num_mels)
-        onehot = jax.nn.one_hot(grouped, self.audio.dmel_bins, dtype=self.dtype)
-        tokens = jnp.einsum("...cb,cbd->...d", onehot, self.dmel_table.astype(self.dtype))
-        return self._slot(tokens, SlotType.AUDIO_IN)
+    def embed_audio_in(self, feats: jax.Array) -> jax.Array:
+        """One chunk's ``audio_in`` feature per leading index -> [..., A, D] tokens (``model.audio_in``:
+        dMel bins [..., F, M] by default; frontends/audio_in.py lists the variants)."""
+        return self._slot(self.audio_in_embed(feats), SlotType.AUDIO_IN)
 
     def video_patches(self, frames: jax.Array) -> jax.Array:
-        """uint8[..., H, W, 3] -> [..., V, D] hMLP patch tokens, before the no-frame mask and slot embeddings."""
+        """uint8[..., H, W, 3] -> [..., V, D] stem patch tokens (``model.video_in``), before the no-frame mask and
+        slot embeddings."""
         return self.video_stem(frames_to_input(frames).astype(self.dtype))
 
     def embed_video(self, frames: jax.Array, frame_mask: jax.Array, patches: jax.Array | None = None) -> jax.Array:
@@ -195,7 +176,7 @@ class InteractionModel(nn.Module):
 
     def embed_inputs(self, audio_in, frames, frame_mask, text_in, patches=None) -> jax.Array:
         """World-side slots of each chunk, [..., N, num_input_slots, D] in layout order (TICK..TEXT_IN)."""
-        lead = audio_in.shape[:-2]
+        lead = text_in.shape[:-1]
         tick = jnp.broadcast_to(self._slot(self.tick_embed, SlotType.TICK), (*lead, 1, self.tick_embed.shape[0]))
         parts = [tick]
         if self.layout.num_video:
@@ -318,7 +299,7 @@ class InteractionModel(nn.Module):
                                first=i)
             h, cache, _ = self.run_transformer(x, base + off_audio + i, cache)
             conds.append(h[:, 0])
-            sample = self.flow_head.sample_with_noise(
+            sample = self.audio_head.sample_with_noise(
                 h[:, 0], noise[:, i] * sampling.audio_temperature, steps=sampling.flow_steps,
                 cfg_scale=sampling.cfg_scale, solver=sampling.flow_solver,
             )
@@ -354,7 +335,7 @@ class InteractionModel(nn.Module):
         block_valid = jnp.repeat(batch["mel_out_weight"].astype(jnp.float32).reshape(b * n), lay.num_audio)
         voiced = (jnp.max(target, axis=-1) > SILENT_BLOCK_MAX).astype(jnp.float32)
         mel_w = block_valid * (voiced + (1.0 - voiced) * self.model.silent_mel_weight)
-        per_block = self.flow_head.loss(cond, target, rng, weights=mel_w, per_row=True)
+        per_block = self.audio_head.loss(cond, target, rng, weights=mel_w, per_row=True)
         flow_loss = jnp.sum(per_block * mel_w) / jnp.maximum(jnp.sum(mel_w), 1.0)
 
         aux_w = self.model.transformer.moe.aux_loss_weight if self.model.transformer.moe.num_experts else 0.0
@@ -443,8 +424,9 @@ def batch_spec(config: Config, batch_size: int, num_chunks: int) -> dict[str, ja
     lay = Layout.from_config(config.audio, config.vision, config.text)
     f, m = config.audio.frames_per_chunk, config.audio.n_mels
     b, n = batch_size, num_chunks
+    in_shape, in_dtype = audio_in_lib.feature_spec(config.model.audio_in, config.audio)
     spec = {
-        "audio_in": ((b, n, f, m), jnp.int32),
+        "audio_in": ((b, n, *in_shape), in_dtype),
         "text_in": ((b, n, lay.num_text_in), jnp.int32),
         "text_out": ((b, n, lay.num_text_out), jnp.int32),
         "text_out_weight": ((b, n, lay.num_text_out), jnp.float32),
@@ -465,7 +447,7 @@ def dummy_batch(config: Config, batch_size: int = 1, num_chunks: int = 2, seed: 
     out: dict[str, np.ndarray] = {}
     for key, s in batch_spec(config, batch_size, num_chunks).items():
         if key == "audio_in":
-            out[key] = rng.integers(0, config.audio.dmel_bins, s.shape, dtype=np.int32)
+            out[key] = audio_in_lib.random_features(config.model.audio_in, s.shape, config.audio, rng)
         elif key in ("text_in", "text_out", "frame_text"):
             out[key] = rng.integers(0, 256, s.shape, dtype=np.int32)
         elif key == "frames":

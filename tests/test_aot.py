@@ -83,3 +83,21 @@ def test_unknown_topology_is_a_clear_error():
 
     with pytest.raises(ValueError, match="unknown TPU generation"):
         hbm_capacity("v9x:2x2")
+
+
+@pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu not installed (pip install 'interaction_jax[tpu]')")
+@pytest.mark.parametrize("switches", [
+    ("model.audio_in=mel_linear", "model.video_in=linear", "model.audio_out=regress"),
+    ("model.audio_in=wave_linear", "model.audio_out=dmel_bins"),
+], ids=["mel_linear+linear+regress", "wave_linear+dmel_bins"])
+def test_switched_front_ends_compile_for_tpu_train_and_serve(tmp_path, switches):
+    """Every non-default front-end variant lowers for a TPU (train step and serving micro-turn) and fits."""
+    from tests.small import small_overrides
+
+    out = tmp_path / "aot.json"
+    sets = [x for s in small_overrides(2, "mesh.data=-1", *switches) for x in ("--set", s)]
+    r = aot("--config", "configs/tiny.py", "--topology", "v5e:2x2", "--no-flops-correction", *sets,
+            "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert rep["fits"] is True and rep["serve"]["fits"] is True and rep["flops_per_step"] > 0

@@ -10,7 +10,7 @@ import pytest
 from interaction_jax.config import Config, ConfigError, apply_overrides, dumps, flatten, from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.py"))
+CONFIGS = sorted((ROOT / "configs").rglob("*.py"))  # configs/ablations/ too
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -3,9 +3,9 @@
 Command (the whole experiment, training + periodic and final free-running evaluation):
     python -m interaction_jax train --config experiments/002_learning/config.py --workdir runs/002
     python -m interaction_jax curves runs/002 --out experiments/002_learning/curves.png
-Expected (8 held-out episodes per task; run 4 in experiments/002_learning/README.md):
-    timespeak on_time 1.00, interrupt yield_rate 1.00, repeat latency 0.39 s (goals met); repcount obo 0.50,
-    repeat content 0.12 with digit accuracy 0.33, cuespeak 0.00 (missed); voice_match 0.78-1.00.
+Expected (8 held-out episodes per task; run 7 in experiments/002_learning/README.md, run 4 within one episode):
+    timespeak on_time 1.00 (goal met); interrupt yield_rate 0.88 and repeat latency 0.42 s (goals 0.9 and 0.4);
+    repcount obo 0.50, repeat content 0.00 with digit accuracy 0.30, cuespeak 0.00 (missed); voice_match 0.93-1.00.
 """
 
 import dataclasses

@@ -101,9 +101,10 @@ def micro_turn_cost(cfg: Config, params: Any, batch: int, filled_tokens: int) ->
     t = cfg.model.transformer
     sampling = Sampling.from_config(cfg)
     calls = 1 + (lay.num_text_out - 1) + lay.num_audio  # prefill, then one call per decoded slot
-    flow_evals = lay.num_audio * sampling.flow_steps * (1 if sampling.cfg_scale == 1.0 else 2)
+    flow_evals = lay.num_audio * (sampling.flow_steps * (1 if sampling.cfg_scale == 1.0 else 2)
+                                  if cfg.model.audio_out == "flow" else 1)  # regress / dmel_bins: one pass
     n_transformer = model_lib.count_params(params["transformer"])
-    n_flow = model_lib.count_params(params["flow_head"])
+    n_flow = model_lib.count_params(params[f"{cfg.model.audio_out}_head"])
     param_bytes = 4  # params are float32, cast at use
     cache_elem = jnp.dtype(t.cache_dtype or t.dtype).itemsize
     kv_per_token = t.num_layers * (2 * t.num_kv_heads * t.head_dim * cache_elem + 4)  # k, v and pos
@@ -146,7 +147,7 @@ def profile_micro_turn(cfg: Config, params: Any, batch: int, filled_chunks: int,
     noise = jnp.zeros((batch, lay.mel_block), jnp.float32)
     flow_fn = jax.jit(lambda p, c, z: model.apply(
         {"params": p}, c, z, sampling.flow_steps, sampling.cfg_scale, sampling.flow_solver,
-        method=lambda m, *a: m.flow_head.sample_with_noise(*a)))
+        method=lambda m, *a: m.audio_head.sample_with_noise(*a)))
     mel = jnp.zeros((batch, cfg.audio.frames_per_chunk, cfg.audio.n_mels), jnp.float32)
     voc_fn = jax.jit(lambda s, m: vocode_rows(s, m, cfg.audio)[1])
     parts = {

@@ -29,6 +29,7 @@ from interaction_jax.audio import dmel
 from interaction_jax.config import Config
 from interaction_jax.data.episode import Episode, read_record, shard_len
 from interaction_jax.data.synthetic.tasks import MIN_TEXT_RATE
+from interaction_jax.frontends import audio_in as audio_in_lib
 from interaction_jax.layout import Layout
 from interaction_jax.text import tokenizer
 
@@ -108,7 +109,7 @@ def episode_arrays(ep: Episode, config: Config) -> dict[str, np.ndarray]:
     mel_model = dmel.normalize_mel(mel_model, a)
     ids, _ = text_out_stream(ep.model_words, n, lay.num_text_out)
     out = {
-        "audio_in": dmel.discretize_numpy(mel_in, a).reshape(n, a.frames_per_chunk, a.n_mels),
+        "audio_in": audio_in_lib.features_numpy(config.model.audio_in, mel_in, user, a),
         "text_in": text_in_stream(ep.user_text, n, lay.num_text_in),
         "text_out": ids.reshape(n, lay.num_text_out),
         "text_out_weight": np.ones((n, lay.num_text_out), np.float32),

@@ -21,6 +21,7 @@ import numpy as np
 
 from interaction_jax.audio import dmel, vocoder
 from interaction_jax.config import Config
+from interaction_jax.frontends import audio_in as audio_in_lib
 from interaction_jax.layers import init_cache
 from interaction_jax.layout import Layout
 from interaction_jax.model import SILENCE_MEL, InteractionModel, Sampling
@@ -167,10 +168,11 @@ class Engine:
     def _step_impl(self, params, state: EngineState, audio, frames, frame_mask, text_in, advance):
         a = self.config.audio
         dmel_state, mel_in = dmel.stream_step(state.dmel_state, audio)
-        bins = dmel.discretize(mel_in)
+        bins = dmel.discretize(mel_in)  # what the page's "heard" mel shows, whatever the model's front-end
+        feats = audio_in_lib.features(self.config.model.audio_in, mel_in, audio, a)
         keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(state.seed, state.chunk_index)
         decode = self._decode_rows if self.row_invariant else self._decode
-        out = decode(params, state.cache, state.chunk_index, bins, frames, frame_mask, text_in, state.prev_text,
+        out = decode(params, state.cache, state.chunk_index, feats, frames, frame_mask, text_in, state.prev_text,
                      state.prev_mel, keys)
         blocks = out["mel_blocks"]  # [B, A, k*80] normalised, clipped to [-1, 1]
         mel = blocks.reshape(blocks.shape[0], a.frames_per_chunk, a.n_mels)
@@ -181,7 +183,8 @@ class Engine:
         )
         new_state = self._select_rows(advance, new_state, state)  # idle rows keep their state exactly
         outputs = {"audio": wave, "text_tokens": out["text_tokens"], "mel": mel, "text_logits": out["text_logits"],
-                   "flow_cond": out["flow_cond"], "audio_in_bins": bins}
+                   "flow_cond": out["flow_cond"], "audio_in_bins": bins,
+                   "audio_in": feats}  # the model's input (= audio_in_bins for the default dMel front-end)
         return new_state, outputs
 
     def step(self, state: EngineState, audio: np.ndarray, frames: np.ndarray | None = None,

@@ -61,6 +61,15 @@ def _layer_norm(name: str) -> nn.LayerNorm:
     )
 
 
+def grid_positions(stem: nn.Module, rows: int, cols: int) -> jax.Array:
+    """[rows, cols, dim] learned row + column embeddings (params ``row_embed`` / ``col_embed`` of ``stem``,
+    which has ``dim``, ``max_rows`` and ``max_cols``), so the token order carries the frame's layout."""
+    pos_init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, "embed"))
+    row_embed = stem.param("row_embed", pos_init, (stem.max_rows, stem.dim), jnp.float32)
+    col_embed = stem.param("col_embed", pos_init, (stem.max_cols, stem.dim), jnp.float32)
+    return row_embed[:rows, None, :] + col_embed[None, :cols, :]
+
+
 class HMLPStem(nn.Module):
     """``[..., H, W, 3]`` float in [-1, 1] → ``[..., (H/40)·(W/40), dim]`` patch tokens (row-major).
 
@@ -101,11 +110,7 @@ class HMLPStem(nn.Module):
             x = x.astype(self.dtype)
 
         # x: [..., R, C, dim]
-        pos_init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, "embed"))
-        row_embed = self.param("row_embed", pos_init, (self.max_rows, self.dim), jnp.float32)
-        col_embed = self.param("col_embed", pos_init, (self.max_cols, self.dim), jnp.float32)
-        pos = row_embed[:rows, None, :] + col_embed[None, :cols, :]
-        x = x + pos.astype(self.dtype)
+        x = x + grid_positions(self, rows, cols).astype(self.dtype)
         return x.reshape(*batch_shape, rows * cols, self.dim)
 
     def _check(self, shape: tuple[int, ...]) -> tuple[int, int]:

@@ -110,7 +110,8 @@ def test_teacher_forced_metrics_per_task(checkpoint, tmp_path, capsys):
     res = json.loads(out.read_text())
     for task in ("repeat", "interrupt"):
         assert {"word_acc", "epad_acc", "epad_timing_err_chunks", "flow_loss_voiced", "flow_loss_silent",
-                "text_floor", "text_loss_above_floor"} <= set(res[task])
+                "text_floor", "text_loss_above_floor", "mel_l1_voiced", "mel_l1_silent"} <= set(res[task])
+        assert res[task]["mel_l1_silent"] >= 0.0
         assert res[task]["text_loss_above_floor"] == res[task]["text_loss"] - res[task]["text_floor"]
         assert 0.0 <= res[task]["word_acc_pos0"] <= 1.0
     assert {f"word_acc_pos{i}" for i in range(3)} <= set(res["interrupt"])  # it says 1, 2, 3 before any barge-in

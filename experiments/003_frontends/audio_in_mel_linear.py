@@ -1,0 +1,21 @@
+"""003 ablation: audio_dmel_flow.py with model.audio_in="mel_linear".
+
+The question: audio in: one linear layer on each token's continuous log-mel.
+Everything else (tasks, steps, batch, seeds) is audio_dmel_flow.py's, so the pair answers one question.
+
+Command:
+    python -m interaction_jax train --config experiments/003_frontends/audio_in_mel_linear.py \
+        --workdir runs/003/audio_in_mel_linear_s0
+Expected: see experiments/003_frontends/README.md (results table, mean and spread over seeds 0 and 1).
+"""
+
+import dataclasses
+from pathlib import Path
+
+from interaction_jax.config import Config, load_config
+
+
+def get_config() -> Config:
+    base = load_config(Path(__file__).resolve().parent / "audio_dmel_flow.py")
+    model = dataclasses.replace(base.model, audio_in="mel_linear")
+    return dataclasses.replace(base, name="audio_in_mel_linear", model=model)
