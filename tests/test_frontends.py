@@ -33,6 +33,14 @@ FRONT_END_PARAMS = {"mel_linear": "audio_in_linear", "wave_linear": "audio_in_li
                     "regress": "regress_head", "dmel_bins": "dmel_bins_head"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """This module compiles ~40 small programs in-process; drop them when it ends, so the rest of the suite
+    does not carry them (a full run once segfaulted inside XLA in the next module, test_model)."""
+    yield
+    jax.clear_caches()
+
+
 def small(field: str, value: str, *extra: str):
     return load_config(ROOT / "configs/tiny.py", small_overrides(2, f"model.{field}={value}", *extra))
 
