@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from interaction_jax.audio import dmel
 from interaction_jax.config import AudioConfig, FlowHeadConfig
-from interaction_jax.flow_head import FlowHead
+from interaction_jax.flow_head import FlowHead, _dense  # the same Dense factory as the flow head
 
 AudioOut = Literal["flow", "regress", "dmel_bins"]
 VARIANTS: tuple[str, ...] = ("flow", "regress", "dmel_bins")
@@ -42,13 +42,6 @@ Dtype = Any
 def check(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"model.audio_out={variant!r}: use one of {', '.join(VARIANTS)}")
-
-
-def _dense(features: int, dtype: Dtype, name: str, *, zero: bool = False, axes: tuple = (None, "embed")) -> nn.Dense:
-    kernel_init = nn.initializers.zeros_init() if zero else nn.initializers.xavier_uniform()
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
 
 class _Trunk(nn.Module):
