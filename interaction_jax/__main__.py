@@ -189,12 +189,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from interaction_jax.data import tools
+    from interaction_jax.data import synthetic, tools
 
     if args.data_command == "synth":
-        tools.synth(args.task, args.num, args.out, seed=args.seed, shard_size=args.shard_size, echo=not args.no_echo)
+        tools.synth(args.task, args.num, args.out, seed=args.seed, shard_size=args.shard_size, voice=args.voice,
+                    echo=not args.no_echo)
     elif args.data_command == "convert":
-        _, skipped = tools.convert(args.audio, args.words, args.out, video_dir=args.video)
+        if args.shard_size < 1:
+            raise synthetic.TaskError(f"--shard-size must be >= 1, got {args.shard_size}")
+        if args.beam_arg and not args.runner:
+            raise synthetic.TaskError("--beam-arg needs --runner")
+        if args.runner:
+            from interaction_jax.data import beam_convert
+
+            skipped = beam_convert.run(args.audio, args.words, args.out, video_dir=args.video,
+                                       shard_size=args.shard_size, runner=args.runner, pipeline_args=args.beam_arg)
+        else:
+            _, skipped = tools.convert(args.audio, args.words, args.out, video_dir=args.video,
+                                       shard_size=args.shard_size)
         return 1 if skipped and args.strict else 0
     else:
         config = _load(args) if args.config else None
@@ -321,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--shard-size", type=int, default=256)
     d.add_argument("--no-echo", action="store_true")
+    d.add_argument("--voice", default="dtmf", help="voice family: dtmf (default) or speech (extras speech,asr "
+                   "and Debian's espeak-ng)")
     d.set_defaults(func=cmd_data)
     d = dsub.add_parser("convert", help="stereo WAV (L=model, R=user) + word JSON (+ video) -> shards")
     d.add_argument("--audio", required=True)
@@ -328,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--video", default=None, help="folder of <stem>.mp4 or <stem>/ frame folders")
     d.add_argument("--out", required=True)
     d.add_argument("--strict", action="store_true", help="exit 1 if any file was skipped")
+    d.add_argument("--shard-size", type=int, default=64, help="episodes per shard")
+    d.add_argument("--runner", default=None, help="run as an Apache Beam pipeline on this runner (DirectRunner, "
+                   "DataflowRunner, ...; extra [beam]); paths may then be gs:// and --video holds <stem>.mp4 only. "
+                   "Bad files go to <out>/dead_letter.jsonl")
+    d.add_argument("--beam-arg", action="append", default=[], help="a Beam pipeline option, e.g. "
+                   "--beam-arg=--project=P --beam-arg=--region=R --beam-arg=--temp_location=gs://B/tmp")
     d.set_defaults(func=cmd_data)
     d = dsub.add_parser("show", help="draw one episode (mel, events, frames, slot layout) to a PNG")
     d.add_argument("shard")
@@ -382,7 +402,7 @@ _TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
 # Errors caused by the user's input: print one clear line instead of a traceback.
 USER_ERRORS = (
     "TaskError", "ConfigError", "DoesNotFit", "CheckpointError", "EpisodeError", "SessionEnded", "AudioInputError",
-    "InputError", "MetricsError", "ReportError",
+    "InputError", "MetricsError", "ReportError", "MissingExtra",
 )
 
 

@@ -13,11 +13,11 @@ cannot be converted are skipped and listed with the reason; nothing is skipped s
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from interaction_jax.data.episode import Episode, EpisodeError, read_record, validate, write_shard
+from interaction_jax.data.episode import Episode, read_record, validate, write_shard
 
 SR = 16_000
 
@@ -35,7 +35,11 @@ def synth(task: str, num: int, out: str | Path, *, seed: int = 0, shard_size: in
     from interaction_jax.data import synthetic
 
     if task not in synthetic.TASKS:
-        raise ValueError(f"unknown task {task!r}; available: {', '.join(synthetic.TASKS)}")
+        raise synthetic.TaskError(f"unknown task {task!r}; available: {', '.join(synthetic.TASKS)}")
+    try:
+        synthetic.tasks.get_voices(voice)  # registers an extra's family; fails early on an unknown name
+    except ValueError as e:
+        raise synthetic.TaskError(str(e)) from e
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths, batch = [], []
@@ -77,62 +81,138 @@ def _read_frames(stem: str, video_dir: Path, num_chunks: int) -> np.ndarray | No
     return frames[:num_chunks]
 
 
-def convert_one(wav: Path, words_dir: Path, video_dir: Path | None) -> Episode:
-    """One stereo WAV + word JSON (+ frames) -> a validated Episode; raises ValueError saying why not."""
+def unreadable(e: Exception) -> ValueError:
+    """The reason an audio file cannot be read, without the path or buffer libsndfile names (so the local and
+    the Beam converter report the same reason for the same file)."""
+    reason = str(e)
+    if reason.startswith("Error opening "):
+        reason = reason.rsplit(": ", 1)[-1]
+    return ValueError(f"unreadable audio ({reason})")
+
+
+def episode_from_bytes(name: str, audio: bytes, words: bytes | None, frames: np.ndarray | None = None
+                       ) -> Episode:
+    """One dialogue from its files' bytes (stereo audio, word JSON, decoded frames) -> a validated Episode.
+
+    Raises ValueError saying why not. Shared by the local converter and the Beam pipeline, which reads
+    the same bytes from any filesystem Beam knows (gs://, s3://, local), so both make identical episodes.
+    """
+    import io
+
     import soundfile as sf
 
     from interaction_jax.audio import dmel
 
     try:
-        audio, sr = sf.read(str(wav), dtype="float32", always_2d=True)
+        data, sr = sf.read(io.BytesIO(audio), dtype="float32", always_2d=True)
     except Exception as e:
-        raise ValueError(f"unreadable audio ({e})") from e
-    if audio.shape[1] != 2:
-        raise ValueError(f"expected stereo (left = model, right = user), got {audio.shape[1]} channel(s)")
-    if not np.isfinite(audio).all():
+        raise unreadable(e) from e
+    if data.shape[1] != 2:
+        raise ValueError(f"expected stereo (left = model, right = user), got {data.shape[1]} channel(s)")
+    if not np.isfinite(data).all():
         raise ValueError("audio contains NaN or inf")
-    model, user = audio[:, 0], audio[:, 1]
+    model, user = data[:, 0], data[:, 1]
     if sr != SR:
-        print(f"[data] {wav.name}: resampling {sr} Hz -> {SR} Hz", flush=True)
+        print(f"[data] {name}: resampling {sr} Hz -> {SR} Hz", flush=True)
         model, user = dmel.resample(model, sr, SR), dmel.resample(user, sr, SR)
-    words_path = words_dir / f"{wav.stem}.json"
-    if not words_path.exists():
-        raise ValueError(f"no word timestamps ({words_path.name} missing)")
+    stem = name.rsplit(".", 1)[0]
+    if words is None:
+        raise ValueError(f"no word timestamps ({stem}.json missing)")
     try:
-        raw = json.loads(words_path.read_text())
-        words = sorted((float(w["start"]), str(w["word"]).strip()) for w in raw)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{words_path.name}: expected [{{\"word\", \"start\", \"end\"}}] ({e})") from e
-    n = user.size
+        raw = json.loads(words)
+        timed = sorted((float(w["start"]), str(w["word"]).strip()) for w in raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{stem}.json: expected [{{\"word\", \"start\", \"end\"}}] ({e})") from e
+    if frames is not None:
+        n_chunks = -(-user.size // 3200)
+        if len(frames) < n_chunks:  # hold the last frame to the end, as a camera would
+            frames = np.concatenate([frames, np.repeat(frames[-1:], n_chunks - len(frames), 0)])
+        frames = frames[:n_chunks]
+    ep = Episode(user.astype(np.float32), model.astype(np.float32), frames, [], [w for w in timed if w[1]],
+                 {"task": "dialogue", "source": name})
+    return validate(ep, name)
+
+
+def convert_one(wav: Path, words_dir: Path, video_dir: Path | None) -> Episode:
+    """One stereo WAV + word JSON (+ frames) -> a validated Episode; raises ValueError saying why not."""
+    words_path = words_dir / f"{wav.stem}.json"
+    words = words_path.read_bytes() if words_path.exists() else None
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(wav))
+    except Exception as e:
+        raise unreadable(e) from e
+    n = -(-info.frames * SR // info.samplerate)  # samples at 16 kHz
     frames = _read_frames(wav.stem, video_dir, -(-n // 3200)) if video_dir else None
-    ep = Episode(user.astype(np.float32), model.astype(np.float32), frames, [], [w for w in words if w[1]],
-                 {"task": "dialogue", "source": wav.name})
-    return validate(ep, str(wav))
+    return episode_from_bytes(wav.name, wav.read_bytes(), words, frames)
+
+
+def shard_name(index: int) -> str:
+    """File name of the index-th converted shard (the local and the Beam converter agree on it)."""
+    return f"converted-{index:05d}.array_record"
+
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def is_dialogue(name: str) -> bool:
+    """A file name the converters take (any case of .wav/.flac; a bare ".wav" is a hidden file, not one)."""
+    return PurePosixPath(name).suffix.lower() in AUDIO_SUFFIXES
+
+
+def list_dialogues(audio_dir: str | Path) -> list[Path]:
+    """The .wav/.flac files of a folder, sorted by name: the order episodes are numbered and sharded in."""
+    folder = Path(audio_dir)
+    if not folder.is_dir():
+        raise InputError(f"{audio_dir}: not a folder")
+    wavs = sorted((p for p in folder.iterdir() if p.is_file() and is_dialogue(p.name)), key=lambda p: p.name)
+    if not wavs:
+        raise InputError(f"{audio_dir}: no .wav or .flac files")
+    return wavs
+
+
+def check_output(out_files: list[str], out: str) -> None:
+    """Refuse an output folder that already holds converted shards: a glob over it would read old ones too."""
+    old = [f for f in out_files if f.startswith("converted-") and f.endswith(".array_record")]
+    if old:
+        raise InputError(f"{out} already holds {len(old)} converted shard(s) ({old[0]}, ...); remove them or "
+                         "choose another --out")
+
+
+def failure_reason(e: Exception) -> str:
+    """Why a file was not converted: our own messages as they are, anything else with its type."""
+    return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+
+
+class InputError(ValueError):
+    """The converter's input or output folder cannot be used (one clear line on the command line)."""
 
 
 def convert(audio_dir: str | Path, words_dir: str | Path, out: str | Path, *, video_dir: str | Path | None = None,
             shard_size: int = 64) -> tuple[list[Path], list[tuple[str, str]]]:
     """Convert a folder of dialogues into shards. Returns (shard paths, [(file, reason skipped)])."""
-    wavs = sorted(p for p in Path(audio_dir).iterdir() if p.suffix.lower() in (".wav", ".flac"))
-    if not wavs:
-        raise ValueError(f"{audio_dir}: no .wav or .flac files")
+    if shard_size < 1:
+        raise InputError(f"shard_size must be >= 1, got {shard_size}")
+    wavs = list_dialogues(audio_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    check_output([p.name for p in out.iterdir()], str(out))
     episodes, skipped, paths = [], [], []
     bar, job = _progress(len(wavs), "convert")
     with bar:
         for wav in wavs:
             try:
                 episodes.append(convert_one(wav, Path(words_dir), Path(video_dir) if video_dir else None))
-            except (ValueError, EpisodeError) as e:
-                skipped.append((wav.name, str(e)))
+            except Exception as e:  # a bad file is listed with its reason, never fatal
+                skipped.append((wav.name, failure_reason(e)))
             bar.advance(job)
             if len(episodes) == shard_size:
-                paths.append(out / f"converted-{len(paths):05d}.array_record")
+                paths.append(out / shard_name(len(paths)))
                 write_shard(paths[-1], episodes)
                 episodes = []
     if episodes:
-        paths.append(out / f"converted-{len(paths):05d}.array_record")
+        paths.append(out / shard_name(len(paths)))
         write_shard(paths[-1], episodes)
     print(f"[data] converted {len(wavs) - len(skipped)} of {len(wavs)} files into {len(paths)} shard(s) in {out}")
     for name, reason in skipped:

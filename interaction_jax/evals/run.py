@@ -86,7 +86,22 @@ def run_task(config: Config, params: Any, task: str, num_episodes: int, *, seed:
     for i, ep in enumerate(episodes):
         wave = res["generated"][i, : ep.model_audio.size]
         per_episode.append(synthetic.score(ep.labels, wave, text_events(res["tokens"][i, : ep.num_chunks])))
-    return {**res, "metrics": synthetic.aggregate(per_episode), "per_episode": per_episode, "episodes": episodes}
+    metrics = synthetic.aggregate(per_episode)
+    metrics.update(raw_voice_ceiling(task, episodes))
+    return {**res, "metrics": metrics, "per_episode": per_episode, "episodes": episodes}
+
+
+def raw_voice_ceiling(task: str, episodes: list) -> dict[str, float]:
+    """``ceiling_<headline>``: the headline metric scored on the episodes' own model voice, before any mel or
+    vocoder. DTMF decodes exactly (1.0); an ASR-scored voice misreads some of its own words, and a model
+    score is read against this ceiling."""
+    from interaction_jax.data import synthetic
+    from interaction_jax.data.synthetic.scoring import HEADLINE
+
+    if task not in HEADLINE:
+        return {}
+    raw = synthetic.aggregate([synthetic.score(ep.labels, ep.model_audio, ep.model_words) for ep in episodes])
+    return {f"ceiling_{HEADLINE[task]}": raw[HEADLINE[task]]}
 
 
 def _free_run(config, params, task, episodes, *, seed, sampling, progress, row_invariant, **_):

@@ -1,7 +1,8 @@
 """Embedded synthetic interaction tasks: generators with exact labels, pluggable voices, exact scorers.
 
 ``generate(task, seed, duration_chunks=None, voice="dtmf", echo=True) -> Episode``; ``score(labels, wave,
-text_events)`` and ``aggregate(list_of_metrics)`` measure generated audio (DTMF decoding, no ASR).
+text_events)`` and ``aggregate(list_of_metrics)`` measure generated audio: exact DTMF decoding by default,
+pocketsphinx with a per-task grammar for the ``speech`` voice (``interaction_jax.data.speech``).
 """
 
 from interaction_jax.data.synthetic.scoring import aggregate, score

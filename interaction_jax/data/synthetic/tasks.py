@@ -16,9 +16,10 @@ earliest, and that is where the generators put it:
   enters at >= 2 bytes per chunk, so the whole instruction is in long before).
 * ``cuespeak``: a digit appears in frame k; the model says it in interval k + 1.
 * ``repcount``: "k" in the interval after the first frame that shows repetition k completed.
-* ``interrupt``: "count" typed; the model counts 1..9, one number per chunk, from a fixed delay after the
-  text has arrived. The user barges in with keys the model never says (``BARGE_SYMBOLS``); the model's
-  voice stops after the chunk in which the barge-in is audible (``AUDIBLE_S`` of it heard).
+* ``interrupt``: "count" typed; the model counts 1..9, one number per chunk (per 3 chunks when spoken),
+  from a fixed delay after the text has arrived. The user barges in with keys the model never says
+  (``BARGE_SYMBOLS``); the model's voice stops after the chunk in which the barge-in is audible
+  (``AUDIBLE_S`` of it heard).
 
 **The model's voice keeps an even pace**: one symbol per chunk, each starting 15-45 ms after a chunk
 boundary. Its text-out is then exactly ``[EPAD, symbol]`` in the chunk before, so no target depends on a
@@ -48,6 +49,7 @@ import numpy as np
 
 from interaction_jax.data.episode import CHUNK_SAMPLES, SAMPLE_RATE, Episode, validate
 from interaction_jax.data.synthetic import frames as fr
+from interaction_jax.data.synthetic.scoring import YIELD_TOL_S
 from interaction_jax.data.synthetic.voices import Event, Voice, get_voices
 
 CHUNK_S = CHUNK_SAMPLES / SAMPLE_RATE
@@ -61,6 +63,7 @@ AUDIBLE_S = 0.03  # an onset is heard in the chunk holding at least this much of
 # The model's symbol onsets after their chunk boundary. At least 15 ms: the centred analysis frame that ends
 # interval n reaches 12.5 ms into interval n+1, and must not see a tone the model decides only in chunk n.
 MODEL_JITTER_S = (0.015, 0.045)
+SAY, IN, SECONDS = "S", "I", "s"  # the words of a spoken timespeak instruction (voices that speak_instructions)
 BARGE_SYMBOLS = "*#ABCD"  # what the user presses to talk over the model: never said by the model
 COUNT_TEXT = "count"
 COUNT_START_CHUNKS = 4  # the model's "1" starts this many chunks after the chunk "count" was typed in
@@ -118,10 +121,12 @@ def _events(start: float, symbols: str, durs: list[float], rel: list[float]) -> 
 
 
 def _model_says(voice: Voice, rng: np.random.Generator, symbols: Sequence[str], first_chunk: int) -> list[Event]:
-    """The model's even pace: symbol i starts MODEL_JITTER_S after the boundary of chunk first_chunk + i."""
+    """The model's even pace: symbol i starts MODEL_JITTER_S after the boundary of chunk first_chunk + i * pace
+    (pace = the voice's ``chunks_per_symbol``: 1 for DTMF tones, 3 for spoken words)."""
+    pace = int(getattr(voice, "chunks_per_symbol", 1))
     durs = voice.durations(list(symbols), rng)
     jitter = rng.uniform(*MODEL_JITTER_S, len(symbols))
-    return [(_q((first_chunk + i) * CHUNK_S + float(j)), s, d)
+    return [(_q((first_chunk + i * pace) * CHUNK_S + float(j)), s, d)
             for i, (s, d, j) in enumerate(zip(symbols, durs, jitter, strict=True))]
 
 
@@ -174,19 +179,38 @@ def _plan_repeat(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int
 
 
 def _plan_timespeak(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None) -> _Draft:
-    """User types "say 7 in 3 s" at t; the model says 7 in the interval that holds t + 3."""
+    """User types "say 7 in 3 s" at t; the model says 7 in the interval that holds t + 3.
+
+    A user voice that ``speaks_instructions`` (speech) says "say seven in three seconds" instead, and the
+    delay counts from the end of the utterance, the moment the model has heard the whole instruction.
+    """
     limit = _limit(n)
     digit = str(rng.integers(10))
     text_time = _q(rng.uniform(0.2, min(1.0, limit - 2.2)))
     delay = int(rng.integers(2, max(2, min(6, math.floor(limit - 0.2 - text_time))) + 1))
-    target = _q(text_time + delay)
+    user_ev: list[Event] = []
+    if getattr(user_v, "speaks_instructions", False):
+        for _ in range(4):  # a slow phrase leaves less time: shorten the delay and say the new phrase
+            phrase = f"{SAY}{digit}{IN}{delay}{SECONDS}"
+            durs, rel, span = _utterance(user_v, rng, phrase)
+            fits = math.floor(limit - 0.2 - text_time - span)
+            if delay <= fits:
+                break
+            delay = fits
+        if delay < 2 or delay > fits:
+            raise ValueError(f"timespeak: duration_chunks={n} is too short for a spoken instruction")
+        user_ev = _events(text_time, phrase, durs, rel)
+    heard = _end(user_ev) if user_ev else text_time
+    target = _q(heard + delay)
     model_ev = _model_says(model_v, rng, digit, _chunk_of(target))
     n = _length(rng, n, _end(model_ev), "timespeak")
     text = f"say {digit} in {delay} s"
-    return _Draft(n, np.zeros(n * CHUNK_SAMPLES, np.float32), _render(model_v, model_ev, n, rng), None,
-                  [(text_time, text)], _words(model_ev), {
+    user = _render(user_v, user_ev, n, rng)
+    return _Draft(n, user, _render(model_v, model_ev, n, rng), None, [] if user_ev else [(text_time, text)],
+                  _words(model_ev), {
                       "task": "timespeak", "digit": digit, "delay_s": delay, "text": text,
-                      "text_time_s": text_time, "target_time_s": target, "model_onset_s": model_ev[0][0]})
+                      "text_time_s": text_time, "target_time_s": target, "model_onset_s": model_ev[0][0],
+                      **({"spoken_instruction_end_s": heard} if user_ev else {})})
 
 
 def _plan_cuespeak(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None,
@@ -261,6 +285,10 @@ def _plan_interrupt(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: 
     heard = _chunk_of(barge_s + AUDIBLE_S)
     user_ev = _events(barge_s, symbols, u_durs, u_rel)
     model_ev = [e for e in planned if _chunk_of(e[0]) <= heard] if barge else planned
+    # The word under way when the barge-in is heard was decided before it and is finished: a voice whose
+    # words outlast the 0.4 s tolerance (speech) is given until the worst-case end of its longest planned
+    # word (+50 ms of smear). DTMF keeps 0.4 s and no label, so its episodes are unchanged.
+    tol = max(YIELD_TOL_S, AUDIBLE_S + MODEL_JITTER_S[1] + max(d for _, _, d in planned) + 0.05)
     last = max(_end(model_ev), _end(user_ev))
     n = _length(rng, n, last, "interrupt")
     user = _render(user_v, user_ev, n, rng)  # rendered either way, so both variants draw the same numbers
@@ -269,7 +297,8 @@ def _plan_interrupt(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: 
                       "task": "interrupt", "barge_in_s": barge_s if barge else None, "heard_chunk": heard,
                       "react_s": _q((heard + 1) * CHUNK_S), "model_stop_s": _end(model_ev),
                       "model_digits": "".join(e[1] for e in model_ev), "text_time_s": text_time,
-                      "user_digits": symbols, "user_end_s": _end(user_ev)})
+                      "user_digits": symbols, "user_end_s": _end(user_ev),
+                      **({"yield_tol_s": round(tol, 3)} if tol > YIELD_TOL_S else {})})
 
 
 SINGLE_PLANS: dict[str, Callable[..., _Draft]] = {

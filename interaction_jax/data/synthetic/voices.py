@@ -4,7 +4,12 @@ A voice turns timed symbols into a waveform (``render``), says how long each sym
 task generators can plan turn-taking before rendering) and reads symbols back (``decode``, so scorers stay
 voice-agnostic). The default ``dtmf`` voice speaks telephone keypad tones: it needs nothing but numpy, every
 "word" is one symbol, and the decoder recovers symbols and onsets exactly. A real TTS voice with an ASR
-decoder can be plugged in with ``register_voice`` behind an optional extra.
+decoder can be plugged in with ``register_voice`` behind an optional extra; the ``speech`` family
+(``interaction_jax.data.speech``, extras ``[speech,asr]``) is registered on first use by name.
+
+A voice may declare ``chunks_per_symbol`` (default 1): the model's even pace, in 200 ms chunks per symbol.
+Spoken words last 0.23-0.42 s, so the speech voice speaks one word every 3 chunks (at 2, with the model's
+15-45 ms onset jitter, a word needed <= 0.34 s, and pocketsphinx misread 1 in 8 words spoken that fast).
 
 The decoder deliberately uses per-frequency energy only (Goertzel power), never phase: generated audio
 comes back through mel -> Griffin-Lim, which keeps magnitudes but scrambles phase and smears edges by about
@@ -44,8 +49,10 @@ class Voice(Protocol):
         """float32 [total_samples] wave with each (onset_s, symbol, duration_s) event spoken at its onset."""
         ...
 
-    def decode(self, wave: np.ndarray, sr: int = SAMPLE_RATE) -> list[tuple[float, str]]:
-        """The (onset_s, symbol) events heard in ``wave``."""
+    def decode(self, wave: np.ndarray, sr: int = SAMPLE_RATE, vocabulary: str | None = None
+               ) -> list[tuple[float, str]]:
+        """The (onset_s, symbol) events heard in ``wave``; ``vocabulary`` (a string of symbols) is what the
+        answer may hold (an ASR decoder restricts its grammar to it; an exact decoder may ignore it)."""
         ...
 
 
@@ -100,8 +107,9 @@ class DtmfVoice:
             out[start:end] += tone[: end - start]
         return out.astype(np.float32)
 
-    def decode(self, wave: np.ndarray, sr: int = SAMPLE_RATE) -> list[tuple[float, str]]:
-        return decode_dtmf(wave, sr)
+    def decode(self, wave: np.ndarray, sr: int = SAMPLE_RATE, vocabulary: str | None = None
+               ) -> list[tuple[float, str]]:
+        return decode_dtmf(wave, sr)  # exact: every key is decoded, whatever the task may say
 
 
 def _envelope(n: int, ramp: int) -> np.ndarray:
@@ -254,6 +262,8 @@ def decode_dtmf(wave: np.ndarray, sr: int = SAMPLE_RATE) -> list[tuple[float, st
 USER_DTMF = DtmfVoice(min_dur=0.06, max_dur=0.20, level_lo=-24.0, level_hi=-3.0)
 MODEL_DTMF = DtmfVoice(min_dur=0.09, max_dur=0.12, level_lo=-10.0, level_hi=-6.0)
 _VOICES: dict[str, tuple[Voice, Voice]] = {"dtmf": (USER_DTMF, MODEL_DTMF)}
+# Families behind optional extras: module whose ``register()`` adds them, imported on first use by name.
+_LAZY = {"speech": "interaction_jax.data.speech"}
 
 
 def register_voice(name: str, voice: Voice, model_voice: Voice | None = None) -> None:
@@ -273,11 +283,16 @@ def get_voice(name: str) -> Voice:
 
 def get_voices(name: str) -> tuple[Voice, Voice]:
     """``(user_voice, model_voice)`` of a voice family."""
+    if name not in _VOICES and name in _LAZY:
+        import importlib
+
+        importlib.import_module(_LAZY[name]).register()
     try:
         return _VOICES[name]
     except KeyError:
-        raise ValueError(f"unknown voice {name!r}; available: {', '.join(sorted(_VOICES))}") from None
+        raise ValueError(f"unknown voice {name!r}; available: {', '.join(available_voices())}") from None
 
 
 def available_voices() -> list[str]:
-    return sorted(_VOICES)
+    """Registered families plus those an optional extra registers on first use."""
+    return sorted({*_VOICES, *_LAZY})
