@@ -29,6 +29,7 @@ from typing import Any
 from interaction_jax.data.tools import (
     InputError,
     check_output,
+    chunks_of,
     episode_from_bytes,
     failure_reason,
     is_dialogue,
@@ -126,8 +127,7 @@ def convert_element(item: tuple, words_dir: str, video_dir: str | None) -> tuple
                     info = sf.info(io.BytesIO(audio))
                 except Exception as e:
                     raise unreadable(e) from e
-                n = -(-info.frames * 16_000 // info.samplerate)
-                frames = _frames_from_mp4(mp4, f"{stem}.mp4", -(-n // 3200))
+                frames = _frames_from_mp4(mp4, f"{stem}.mp4", chunks_of(info.frames, info.samplerate))
         ep = episode_from_bytes(name, audio, _read(_join(words_dir, f"{stem}.json")), frames)
         return index, to_bytes(ep)
     except Exception as e:  # a bad file goes to the dead letters, never fails the run

@@ -13,11 +13,12 @@ cannot be converted are skipped and listed with the reason; nothing is skipped s
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from interaction_jax.data.episode import Episode, read_record, validate, write_shard
+from interaction_jax.data.episode import CHUNK_SAMPLES, Episode, read_record, validate, write_shard
 
 SR = 16_000
 
@@ -76,9 +77,13 @@ def _read_frames(stem: str, video_dir: Path, num_chunks: int) -> np.ndarray | No
         frames = read_video(mp4, h, w, num_chunks)
     else:
         return None
-    if len(frames) < num_chunks:  # hold the last frame to the end, as a camera would
-        frames = np.concatenate([frames, np.repeat(frames[-1:], num_chunks - len(frames), 0)])
-    return frames[:num_chunks]
+    return frames  # episode_from_bytes holds the last frame to the end and cuts the rest
+
+
+def chunks_of(num_frames: int, samplerate: int) -> int:
+    """200 ms chunks of an audio file of ``num_frames`` samples at ``samplerate``, once at 16 kHz."""
+    samples = math.ceil(num_frames * SR / samplerate)
+    return math.ceil(samples / CHUNK_SAMPLES)
 
 
 def unreadable(e: Exception) -> ValueError:
@@ -124,7 +129,7 @@ def episode_from_bytes(name: str, audio: bytes, words: bytes | None, frames: np.
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{stem}.json: expected [{{\"word\", \"start\", \"end\"}}] ({e})") from e
     if frames is not None:
-        n_chunks = -(-user.size // 3200)
+        n_chunks = -(-user.size // CHUNK_SAMPLES)
         if len(frames) < n_chunks:  # hold the last frame to the end, as a camera would
             frames = np.concatenate([frames, np.repeat(frames[-1:], n_chunks - len(frames), 0)])
         frames = frames[:n_chunks]
@@ -143,8 +148,7 @@ def convert_one(wav: Path, words_dir: Path, video_dir: Path | None) -> Episode:
         info = sf.info(str(wav))
     except Exception as e:
         raise unreadable(e) from e
-    n = -(-info.frames * SR // info.samplerate)  # samples at 16 kHz
-    frames = _read_frames(wav.stem, video_dir, -(-n // 3200)) if video_dir else None
+    frames = _read_frames(wav.stem, video_dir, chunks_of(info.frames, info.samplerate)) if video_dir else None
     return episode_from_bytes(wav.name, wav.read_bytes(), words, frames)
 
 
