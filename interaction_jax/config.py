@@ -167,6 +167,17 @@ class ModelConfig:
     # instead of one cue per episode. In the five-task mix it taught the video timing but blocked the
     # text copies (experiments/002_learning/README.md, runs 5-6), so it is off by default.
     frame_text_weight: float = 0.0
+    # Auxiliary loss (0 = off), the audio twin of frame_text: each AUDIO_IN token, read through the text logits
+    # straight from the front-end, must name the symbol the user is saying in it (batch ``heard_text``; only
+    # synthetic tasks label it). Repeat's reply copies digits it heard; with the label, a heard "7" enters the
+    # transformer already close to the embedding of the "7" the model would write.
+    heard_text_weight: float = 0.0
+    # Auxiliary loss (0 = off): the residual stream of each AUDIO_IN token after block ``heard_onset_layer``,
+    # read through the text logits, must name a symbol only in the token where the user starts saying it (batch
+    # ``heard_onset``), PAD elsewhere. A tone spans 2-4 tokens and the front-end cannot see where it began; a
+    # layer that can, turns "5 5 5" into one "5", so the heard string is laid out like typed text.
+    heard_onset_weight: float = 0.0
+    heard_onset_layer: int = 1
     # Front-end switches (frontends/; experiments/003_frontends asks which one wins): what AUDIO_IN slots hear
     # (dMel bag, linear on log-mel, linear on the raw 50 ms waveform), how VIDEO patches are embedded (hMLP
     # stem or one linear map per patch) and what emits the voice (flow head, direct regression, or a 16-way

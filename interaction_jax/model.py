@@ -18,6 +18,9 @@ key                 shape                dtype    meaning
 ``mel_out_weight``  [B, N]               float32  1 inside the episode, 0 for padding chunks
 ``frame_text``      [B, N]               int32    first byte of the text readable in frame n, PAD for none
 ``frame_text_weight`` [B, N]             float32  1 where the episode labels its frames (synthetic), else 0
+``heard_text``      [B, N, A]            int32    first byte of what the user says in AUDIO_IN token a, PAD for none
+``heard_text_weight`` [B, N, A]          float32  1 where labelled (synthetic; not on the model's echo), else 0
+``heard_onset``     [B, N, A]            int32    the symbol in the token where the user starts saying it, else PAD
 ==================  ===================  =======  =============================================================
 
 Inputs at the model's own output slots are teacher-forced from the targets, shifted by one token in flat
@@ -101,7 +104,8 @@ class InteractionModel(nn.Module):
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "embed")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         )
-        self.transformer = Transformer(self.model.transformer)
+        tap = self.model.heard_onset_layer if self.model.heard_onset_weight else -1
+        self.transformer = Transformer(self.model.transformer, tap_layer=tap)
         if not self.model.tie_text_embeddings:
             self.unembed = nn.Dense(
                 self.text.vocab_size, use_bias=False, dtype=jnp.float32, name="unembed",
@@ -136,10 +140,11 @@ class InteractionModel(nn.Module):
                      self.slot_index_embed[start : start + x.shape[-2]])
         return x.astype(self.dtype)
 
-    def embed_audio_in(self, feats: jax.Array) -> jax.Array:
+    def embed_audio_in(self, feats: jax.Array, stem: jax.Array | None = None) -> jax.Array:
         """One chunk's ``audio_in`` feature per leading index -> [..., A, D] tokens (``model.audio_in``:
-        dMel bins [..., F, M] by default; frontends/audio_in.py lists the variants)."""
-        return self._slot(self.audio_in_embed(feats), SlotType.AUDIO_IN)
+        dMel bins [..., F, M] by default; frontends/audio_in.py lists the variants). ``stem`` is
+        ``audio_in_embed(feats)`` when the caller already has it (the heard-text auxiliary)."""
+        return self._slot(self.audio_in_embed(feats) if stem is None else stem, SlotType.AUDIO_IN)
 
     def video_patches(self, frames: jax.Array) -> jax.Array:
         """uint8[..., H, W, 3] -> [..., V, D] stem patch tokens (``model.video_in``), before the no-frame mask and
@@ -174,19 +179,23 @@ class InteractionModel(nn.Module):
             x = x + word[..., None, :] if self.model.text_to_voice == "all" else x.at[..., 0, :].add(word)
         return self._slot(x, SlotType.AUDIO_OUT, first)
 
-    def embed_inputs(self, audio_in, frames, frame_mask, text_in, patches=None) -> jax.Array:
+    def embed_inputs(self, audio_in, frames, frame_mask, text_in, patches=None, audio_stem=None) -> jax.Array:
         """World-side slots of each chunk, [..., N, num_input_slots, D] in layout order (TICK..TEXT_IN)."""
         lead = text_in.shape[:-1]
         tick = jnp.broadcast_to(self._slot(self.tick_embed, SlotType.TICK), (*lead, 1, self.tick_embed.shape[0]))
         parts = [tick]
         if self.layout.num_video:
             parts.append(self.embed_video(frames, frame_mask, patches))
-        parts += [self.embed_audio_in(audio_in), self.embed_text(text_in, SlotType.TEXT_IN)]
+        parts += [self.embed_audio_in(audio_in, audio_stem), self.embed_text(text_in, SlotType.TEXT_IN)]
         return jnp.concatenate(parts, axis=-2)
 
     # ------------------------------------------------------------------ core
     def run_transformer(self, x: jax.Array, positions: jax.Array, cache: Any = None):
         """[B, T, D] tokens at absolute ``positions`` -> (hidden, new_cache, aux_loss). Used by train and serve."""
+        return self._transformer(x, positions, cache)[:3]
+
+    def _transformer(self, x: jax.Array, positions: jax.Array, cache: Any = None) -> tuple:
+        """``run_transformer`` plus, with the heard-onset auxiliary on, the tapped middle layer."""
         x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
         return self.transformer(x, positions, cache=cache)
 
@@ -219,8 +228,10 @@ class InteractionModel(nn.Module):
 
         # The frame-text auxiliary reads the same patch tokens the VIDEO slots get: compute the stem once.
         patches = self.video_patches(batch["frames"]) if lay.num_video and self.model.frame_text_weight else None
+        # The heard-text auxiliary reads the AUDIO_IN front-end's output: compute it once too.
+        heard = self.audio_in_embed(batch["audio_in"]) if self.model.heard_text_weight else None
         inputs = self.embed_inputs(batch["audio_in"], batch.get("frames"), batch.get("frame_mask"), batch["text_in"],
-                                   patches)
+                                   patches, heard)
         tokens = jnp.concatenate(
             [
                 inputs,
@@ -234,13 +245,20 @@ class InteractionModel(nn.Module):
         x = tokens.reshape(b, seq, -1)
         x = jnp.pad(x, ((0, 0), (0, padded - seq), (0, 0)))
         positions = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), (b, padded))
-        hidden, _, aux = self.run_transformer(x, positions)
+        hidden, _, aux, *tapped = self._transformer(x, positions)
         hidden = hidden[:, :seq].reshape(b, n, lay.slots_per_chunk, -1)
         text_h = hidden[:, :, lay.slot_range(SlotType.TEXT_OUT)]
         audio_h = hidden[:, :, lay.slot_range(SlotType.AUDIO_OUT)]
         out = {"text_logits": self.text_logits(text_h), "flow_cond": audio_h, "aux_loss": aux}
         if patches is not None:
             out["frame_text_logits"] = self.frame_text_logits(patches)
+        if heard is not None:
+            out["heard_text_logits"] = self.text_logits(heard)
+        if tapped:
+            mid = tapped[0][:, :seq].reshape(b, n, lay.slots_per_chunk, -1)[:, :, lay.slot_range(SlotType.AUDIO_IN)]
+            mid = mid.astype(jnp.float32)  # parameter-free RMS norm: the tied logits expect RMS-1 vectors
+            mid = mid * jax.lax.rsqrt(jnp.mean(mid**2, -1, keepdims=True) + 1e-6)
+            out["heard_onset_logits"] = self.text_logits(mid)
         return out
 
     def frame_text_logits(self, patches: jax.Array) -> jax.Array:
@@ -353,6 +371,31 @@ class InteractionModel(nn.Module):
                 "frame_text_acc": _masked_mean((jnp.argmax(f_logits, -1) == f_target).astype(jnp.float32), has_text),
             }
 
+        if "heard_text_logits" in out and "heard_text" in batch:
+            h_logits, h_target = out["heard_text_logits"], batch["heard_text"]
+            labelled = batch["heard_text_weight"] > 0
+            heard_loss = _masked_mean(_token_ce(h_logits, h_target), labelled)
+            loss = loss + self.model.heard_text_weight * heard_loss
+            said = labelled & (h_target != tokenizer.PAD)
+            frame_metrics |= {
+                "heard_text_loss": heard_loss,
+                "heard_text_acc": _masked_mean((jnp.argmax(h_logits, -1) == h_target).astype(jnp.float32), said),
+            }
+
+        if "heard_onset_logits" in out and "heard_onset" in batch:
+            o_logits, o_target = out["heard_onset_logits"], batch["heard_onset"]
+            labelled = batch["heard_text_weight"] > 0
+            onset_loss = _masked_mean(_token_ce(o_logits, o_target), labelled)
+            loss = loss + self.model.heard_onset_weight * onset_loss
+            o_pred = jnp.argmax(o_logits, -1)
+            frame_metrics |= {
+                "heard_onset_loss": onset_loss,
+                "heard_onset_acc": _masked_mean((o_pred == o_target).astype(jnp.float32),
+                                                labelled & (o_target != tokenizer.PAD)),
+                "heard_onset_false": _masked_mean((o_pred != tokenizer.PAD).astype(jnp.float32),
+                                                  labelled & (o_target == tokenizer.PAD)),
+            }
+
         pred = jnp.argmax(logits, -1)
         correct = (pred == targets).astype(jnp.float32)
         v = valid > 0
@@ -438,6 +481,9 @@ def batch_spec(config: Config, batch_size: int, num_chunks: int) -> dict[str, ja
         spec["frame_mask"] = ((b, n), jnp.bool_)
         spec["frame_text"] = ((b, n), jnp.int32)
         spec["frame_text_weight"] = ((b, n), jnp.float32)
+    spec["heard_text"] = ((b, n, lay.num_audio), jnp.int32)
+    spec["heard_text_weight"] = ((b, n, lay.num_audio), jnp.float32)
+    spec["heard_onset"] = ((b, n, lay.num_audio), jnp.int32)
     return {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in spec.items()}
 
 
@@ -448,7 +494,7 @@ def dummy_batch(config: Config, batch_size: int = 1, num_chunks: int = 2, seed: 
     for key, s in batch_spec(config, batch_size, num_chunks).items():
         if key == "audio_in":
             out[key] = audio_in_lib.random_features(config.model.audio_in, s.shape, config.audio, rng)
-        elif key in ("text_in", "text_out", "frame_text"):
+        elif key in ("text_in", "text_out", "frame_text", "heard_text", "heard_onset"):
             out[key] = rng.integers(0, 256, s.shape, dtype=np.int32)
         elif key == "frames":
             out[key] = rng.integers(0, 256, s.shape, dtype=np.uint8)

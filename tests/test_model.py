@@ -382,3 +382,81 @@ def test_frame_text_auxiliary_names_the_frame_from_the_stem(setup):
     grads = jax.grad(aux_only)(params)
     stem = jax.tree.leaves(grads["video_stem"])
     assert sum(float(jnp.abs(g).sum()) for g in stem) > 0
+
+
+def test_heard_text_auxiliary_names_the_sound_from_the_front_end(setup):
+    """Off by default (no extra output); on, the loss adds weight x CE of each AUDIO_IN front-end token read as
+    text against ``heard_text`` over labelled tokens only, and its gradient reaches the audio-in embedding."""
+    from interaction_jax.text import tokenizer
+
+    cfg, params, batch = setup
+    b = {k: np.array(v) for k, v in batch.items()}
+    b["heard_text"][:] = tokenizer.PAD
+    b["heard_text"][:, 1, 1:3] = ord("4")
+    b["heard_text_weight"][:] = 1.0
+    b["heard_text_weight"][:, 3] = 0.0  # chunk 3 unlabelled
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mel_feedback_dropout=0.0))
+    on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, heard_text_weight=0.5))
+
+    def run(c, bb):
+        return jax.device_get(model_lib.loss_fn(params, jax.tree.map(jnp.asarray, bb), jax.random.key(3), config=c))
+
+    loss_off, m_off = run(cfg, b)
+    assert "heard_text_loss" not in m_off
+    assert "heard_text_logits" not in forward(cfg, params, jax.tree.map(jnp.asarray, b))
+    loss_on, m_on = run(on, b)
+    out_on = forward(on, params, jax.tree.map(jnp.asarray, b))
+    # the auxiliary only reads the front-end: the main outputs are the same with it on
+    np.testing.assert_allclose(np.asarray(out_on["text_logits"]),
+                               np.asarray(forward(cfg, params, jax.tree.map(jnp.asarray, b))["text_logits"]), atol=1e-6)
+    logits = np.asarray(out_on["heard_text_logits"], np.float64)
+    assert logits.shape == (*b["heard_text"].shape, cfg.text.vocab_size)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, b["heard_text"][..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(m_on["heard_text_loss"]), ce[:, :3].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(loss_on), float(loss_off) + 0.5 * ce[:, :3].mean(), rtol=1e-5)
+    b2 = {k: v.copy() for k, v in b.items()}
+    b2["heard_text"][:, 3] = ord("3")  # an unlabelled token's target is ignored
+    np.testing.assert_allclose(float(run(on, b2)[0]), float(loss_on), rtol=1e-6)
+
+    def aux_only(p):
+        return model_lib.loss_fn(p, jax.tree.map(jnp.asarray, b), jax.random.key(3), config=on)[1]["heard_text_loss"]
+
+    grads = jax.grad(aux_only)(params)
+    assert float(jnp.abs(grads["dmel_table"]).sum()) > 0
+
+
+def test_heard_onset_auxiliary_supervises_only_the_layers_up_to_its_tap(setup):
+    """On, the loss adds weight x CE of the tapped layer's AUDIO_IN streams (RMS-normalised, read as text)
+    against ``heard_onset`` on labelled tokens; its gradient reaches blocks 0..k and none above k."""
+    from interaction_jax.text import tokenizer
+
+    cfg, params, batch = setup
+    b = {k: np.array(v) for k, v in batch.items()}
+    b["heard_onset"][:] = tokenizer.PAD
+    b["heard_onset"][:, 1, 2] = ord("4")
+    b["heard_text_weight"][:] = 1.0
+    b["heard_text_weight"][:, 3] = 0.0
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mel_feedback_dropout=0.0))
+    on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, heard_onset_weight=0.5, heard_onset_layer=0))
+    run = lambda c: jax.device_get(model_lib.loss_fn(params, jax.tree.map(jnp.asarray, b), jax.random.key(3), config=c))
+    loss_off, m_off = run(cfg)
+    loss_on, m_on = run(on)
+    assert "heard_onset_loss" not in m_off
+    out = forward(on, params, jax.tree.map(jnp.asarray, b))
+    np.testing.assert_allclose(np.asarray(out["text_logits"]),
+                               np.asarray(forward(cfg, params, jax.tree.map(jnp.asarray, b))["text_logits"]), atol=1e-6)
+    logits = np.asarray(out["heard_onset_logits"], np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, b["heard_onset"][..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(m_on["heard_onset_loss"]), ce[:, :3].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(loss_on), float(loss_off) + 0.5 * ce[:, :3].mean(), rtol=1e-5)
+
+    def aux_only(p):
+        return model_lib.loss_fn(p, jax.tree.map(jnp.asarray, b), jax.random.key(3), config=on)[1]["heard_onset_loss"]
+
+    g = jax.grad(aux_only)(params)["transformer"]["layers"]
+    per_layer = sum(np.abs(np.asarray(x)).reshape(x.shape[0], -1).sum(-1) for x in jax.tree.leaves(g))
+    assert per_layer[0] > 0 and (per_layer[1:] == 0).all()

@@ -27,7 +27,7 @@ import numpy as np
 from interaction_jax import paths
 from interaction_jax.audio import dmel
 from interaction_jax.config import Config
-from interaction_jax.data.episode import Episode, read_record, shard_len
+from interaction_jax.data.episode import CHUNK_SAMPLES, Episode, read_record, shard_len
 from interaction_jax.data.synthetic.tasks import MIN_TEXT_RATE
 from interaction_jax.frontends import audio_in as audio_in_lib
 from interaction_jax.layout import Layout
@@ -119,7 +119,53 @@ def episode_arrays(ep: Episode, config: Config) -> dict[str, np.ndarray]:
     if lay.num_video:
         out["frames"], out["frame_mask"] = _frames(ep, n, config)
         out["frame_text"], out["frame_text_weight"] = frame_text_arrays(ep, n)
+    out["heard_text"], out["heard_text_weight"], out["heard_onset"] = heard_text_arrays(ep, n, lay.num_audio)
     return out
+
+
+HEARD_ECHO_GUARD_S = 0.15  # > the longest echo delay (0.12 s) plus the analysis window's reach
+HEARD_ONSET_DELAY_S = 0.025  # half the 50 ms analysis window: a symbol is named once that much of it is heard
+
+
+def heard_text_arrays(ep: Episode, n: int, tokens_per_chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[N, A] int32 first byte of what the user is saying in each AUDIO_IN token (PAD for nothing), its weight,
+    and [N, A] int32 the same byte only in the token where each utterance of it becomes audible (onsets).
+
+    A token names a symbol when at least half of its interval lies inside the user's utterance of it
+    (``labels["heard"]``, written by the synthetic tasks). Stream token j hears audio up to the end of its
+    50 ms (audio/dmel.py), so a symbol's onset token is the one holding ``onset + HEARD_ONSET_DELAY_S``:
+    enough of the tone is inside the last analysis window to be heard, and no token names a symbol before
+    it can. The weight is 1 where a label exists, except on unlabelled (PAD) tokens that may hold the echo
+    of the model's own voice: the microphone hears it, but it is not the user, and asking the front-end to
+    tell a quiet echo from a quiet user by level alone would teach it to ignore quiet users. Real episodes
+    carry no label and weigh 0 everywhere, so the optional heard-text auxiliaries (``model.heard_text_weight``,
+    ``model.heard_onset_weight``) never invent targets for them.
+    """
+    ids = np.full((n, tokens_per_chunk), tokenizer.PAD, np.int32)
+    onsets = ids.copy()
+    weight = np.zeros((n, tokens_per_chunk), np.float32)
+    events = ep.labels.get("heard")
+    if events is None:
+        return ids, weight, onsets
+    token_s = CHUNK_SAMPLES / ep.sample_rate / tokens_per_chunk
+    starts = np.arange(n * tokens_per_chunk) * token_s
+    flat_ids, flat_w = ids.reshape(-1), weight.reshape(-1)
+    for event in events:
+        if not (isinstance(event, (list, tuple)) and len(event) == 3 and isinstance(event[2], str) and event[2]):
+            raise ValueError(f"labels['heard'] holds {event!r}: need [onset_s, duration_s, symbol]")
+        onset, dur, symbol = float(event[0]), float(event[1]), event[2]
+        inside = np.clip(np.minimum(starts + token_s, onset + dur) - np.maximum(starts, onset), 0.0, None)
+        flat_ids[inside >= token_s / 2] = tokenizer.encode(symbol)[0]
+        first = int((onset + HEARD_ONSET_DELAY_S) / token_s + 1e-9)
+        if first < n * tokens_per_chunk:
+            onsets.reshape(-1)[first] = tokenizer.encode(symbol)[0]
+    sr = ep.sample_rate
+    loud = np.abs(ep.model_audio) > 0
+    for i, t0 in enumerate(starts):
+        lo, hi = int(max(t0 - HEARD_ECHO_GUARD_S, 0.0) * sr), int((t0 + token_s) * sr)
+        flat_w[i] = 1.0 if flat_ids[i] != tokenizer.PAD or not loud[lo:hi].any() else 0.0
+    flat_w[onsets.reshape(-1) != tokenizer.PAD] = 1.0
+    return ids, weight, onsets
 
 
 def frame_text_arrays(ep: Episode, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +210,7 @@ def crop_window(arrays: dict[str, np.ndarray], start: int, length: int) -> dict[
         piece = arr[start : start + length]
         if len(piece) < length:
             pad = np.zeros((length - len(piece), *arr.shape[1:]), arr.dtype)
-            if key in ("text_in", "text_out", "frame_text"):
+            if key in ("text_in", "text_out", "frame_text", "heard_text", "heard_onset"):
                 pad[...] = tokenizer.PAD
             piece = np.concatenate([piece, pad])
         out[key] = piece

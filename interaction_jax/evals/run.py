@@ -182,12 +182,15 @@ def _oracle(config, params, task, episodes, *, seed, oracle_noise, progress, **_
 def evaluate(config: Config, params: Any, tasks: tuple[str, ...], num_episodes: int, out_dir: Path | None = None,
              *, sampling: Sampling | None = None, progress: bool = True, source: str = "model",
              oracle_noise: float = 0.0) -> dict[str, dict[str, float]]:
-    """Run every task; write results.md, results.json, example WAVs and mel PNGs under ``out_dir``."""
+    """Run every task; write results.md, results.json, transcripts.jsonl, example WAVs and mel PNGs under
+    ``out_dir``."""
     results: dict[str, dict[str, float]] = {}
+    lines: list[str] = []
     for task in tasks:
         res = run_task(config, params, task, num_episodes, sampling=sampling, progress=progress, source=source,
                        oracle_noise=oracle_noise)
         results[task] = {k: float(v) for k, v in res["metrics"].items()}
+        lines += [json.dumps(t) for t in transcripts(task, res)]
         if out_dir is not None:
             write_examples(Path(out_dir), task, res, config)
     if out_dir is not None:
@@ -195,7 +198,27 @@ def evaluate(config: Config, params: Any, tasks: tuple[str, ...], num_episodes: 
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
         (out_dir / "results.md").write_text(markdown(results) + "\n")
+        (out_dir / "transcripts.jsonl").write_text("".join(line + "\n" for line in lines))
     return results
+
+
+def transcripts(task: str, res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per episode: what the model should say and what its text said, with times, and the episode's scores.
+
+    A score says *that* a reply failed; the transcript says *how* (a stutter, a skipped digit, a reply that
+    does not stop), which is what points at the cause (experiments/002_learning/README.md).
+    """
+    out = []
+    for i, (ep, scores) in enumerate(zip(res["episodes"], res["per_episode"], strict=True)):
+        said = text_events(res["tokens"][i, : ep.num_chunks])
+        out.append({
+            "task": task, "episode": i,
+            "target": "".join(w for _, w in ep.model_words), "said": "".join(w for _, w in said),
+            "target_words": [[round(t, 3), w] for t, w in ep.model_words],
+            "said_words": [[round(t, 3), w] for t, w in said],
+            "scores": {k: (None if v != v else float(v)) for k, v in scores.items()},
+        })
+    return out
 
 
 def json_safe(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:

@@ -19,7 +19,10 @@ Metrics per task (``{task: {metric: value}}``):
   its target, on voiced / silent blocks: the output error every head can be compared on;
 * ``word_acc_pos{i}``: greedy accuracy of each episode's i-th word target (i < ``WORD_POSITIONS``): in
   ``repeat`` the first digit can be named from the last tones heard, the later ones must be fetched from
-  further back (an induction-style copy), so the two are learned at very different speeds.
+  further back (an induction-style copy), so the two are learned at very different speeds;
+* ``stop_acc``: accuracy at the first text slot after each episode's last word (its target is PAD: the reply
+  is over). A reply that does not stop in free running either has not learned how many words it heard
+  (low ``stop_acc``) or drifts from its own history (high ``stop_acc``, exposure).
 """
 
 from __future__ import annotations
@@ -78,6 +81,14 @@ def mel_l1(sampled: np.ndarray, target: np.ndarray, valid: np.ndarray, config: C
     return mean(voiced & valid), mean(~voiced & valid)
 
 
+def stop_hit(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> list[bool]:
+    """[whether ``pred`` matches the target at the first valid slot after the last word], or [] when the
+    episode has no word or ends on it (flat text-out streams)."""
+    words = np.flatnonzero((target < 256) & valid)
+    after = int(words[-1]) + 1 if words.size else target.size
+    return [bool(pred[after] == target[after])] if after < target.size and valid[after] else []
+
+
 def epad_timing(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[float, float, int]:
     """(sum of timing errors in chunks, false EPADs, number of target EPADs) for one episode.
 
@@ -120,6 +131,7 @@ def teacher_forced(config: Config, params: Any, tasks: tuple[str, ...], num_epis
         l1_voiced, l1_silent = mel_l1(np.asarray(sampled), blocks, block_valid, config)
         err = false = count = 0.0
         hits, seen = np.zeros(WORD_POSITIONS), np.zeros(WORD_POSITIONS)
+        stops = []
         for i in range(num_episodes):
             e, f, c = epad_timing(pred[i], batch["text_out"][i], batch["text_out_weight"][i, :, 0] > 0)
             err, false, count = err + e, false + f, count + c
@@ -127,6 +139,7 @@ def teacher_forced(config: Config, params: Any, tasks: tuple[str, ...], num_epis
             words = np.flatnonzero((target < 256) & (batch["text_out_weight"][i].reshape(-1) > 0))[:WORD_POSITIONS]
             hits[: words.size] += pred[i].reshape(-1)[words] == target[words]
             seen[: words.size] += 1
+            stops += stop_hit(pred[i].reshape(-1), target, batch["text_out_weight"][i].reshape(-1) > 0)
         n_pad = float(np.sum((batch["text_out"] == tokenizer.PAD) & (batch["text_out_weight"] > 0)))
         floor = text_floor(task)
         out[task] = {
@@ -137,6 +150,7 @@ def teacher_forced(config: Config, params: Any, tasks: tuple[str, ...], num_epis
             "flow_loss": m["flow_loss"], "flow_loss_voiced": m["flow_loss_voiced"],
             "flow_loss_silent": m["flow_loss_silent"], "mel_l1_voiced": l1_voiced, "mel_l1_silent": l1_silent,
             "episodes": float(num_episodes),
+            **({"stop_acc": float(np.mean(stops))} if stops else {}),
             **{f"word_acc_pos{j}": float(hits[j] / seen[j]) for j in range(WORD_POSITIONS) if seen[j]},
         }
     return out

@@ -1,6 +1,7 @@
 """Pre-norm decoder block and the layer stack (scan + remat).
 
-``Transformer(config)(x, positions, cache=None) -> (y, new_cache | None, aux_loss)``:
+``Transformer(config)(x, positions, cache=None) -> (y, new_cache | None, aux_loss)``; with ``tap_layer=k``
+(>= 0) a fourth output, the residual stream after block k (an auxiliary loss can supervise a middle layer):
   * ``x [B, T, D]`` is cast to ``config.dtype``; params are fp32 and cast at use.
   * ``cache`` is the stacked cache from ``init_cache`` (leading axis L); with ``scan_layers`` each layer's
     slice is a scanned input (read only); the layers return just the new tokens' keys/values and one scatter
@@ -46,6 +47,7 @@ class Block(nn.Module):
     """``x + attn(norm(x))`` then ``x + ffn(norm(x))``; returns ``(x, (new_cache, aux_loss))`` (scan form)."""
 
     config: TransformerConfig
+    emit_hidden: bool = False  # also return the block's output as a scanned output (Transformer.tap_layer)
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, cache: Cache | None = None):
@@ -61,6 +63,8 @@ class Block(nn.Module):
         else:
             h, aux = MLP(cfg.mlp_dim, dtype, name="mlp")(h), jnp.zeros((), jnp.float32)
         x = constrain((x + h).astype(dtype), BATCH_LEN_EMBED)
+        if self.emit_hidden:
+            return x, (new_cache, aux.astype(jnp.float32), x)
         return x, (new_cache, aux.astype(jnp.float32))
 
 
@@ -76,6 +80,7 @@ class Transformer(nn.Module):
     """The decoder stack followed by a final RMSNorm (see module docstring for the contract)."""
 
     config: TransformerConfig
+    tap_layer: int = -1  # >= 0: also return the residual stream after this block (0-based)
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, cache: Cache | None = None):
@@ -84,6 +89,10 @@ class Transformer(nn.Module):
         x = constrain(jnp.asarray(x, dtype), BATCH_LEN_EMBED)
         positions = positions.astype(jnp.int32)
         block = _block_class(cfg)
+        tap = self.tap_layer
+        if tap >= cfg.num_layers:
+            raise ValueError(f"tap_layer={tap}: the stack has {cfg.num_layers} layers")
+        tapped = None
         if cfg.scan_layers:
             stack = nn.scan(
                 block,
@@ -94,8 +103,9 @@ class Transformer(nn.Module):
                 unroll=cfg.scan_unroll,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, (new_kv, aux) = stack(cfg, name="layers")(x, positions, cache)
-            aux = jnp.sum(aux)
+            x, ys = stack(cfg, emit_hidden=tap >= 0, name="layers")(x, positions, cache)
+            new_kv, aux = ys[0], jnp.sum(ys[1])
+            tapped = ys[2][tap] if tap >= 0 else None
         else:
             new_layers, aux = [], jnp.zeros((), jnp.float32)
             for i in range(cfg.num_layers):
@@ -103,9 +113,10 @@ class Transformer(nn.Module):
                 x, (layer_new, layer_aux) = block(cfg, name=f"layers_{i}")(x, positions, layer_cache)
                 new_layers.append(layer_new)
                 aux = aux + layer_aux
+                tapped = x if i == tap else tapped
             new_kv = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_layers)
         # Only the new tokens' keys/values leave the layers; one scatter writes them into the stacked cache
         # (in place when the caller donates it), instead of every layer re-emitting its whole cache slice.
         new_cache = None if cache is None else update_cache(cache, new_kv["k"], new_kv["v"], positions)
         y = RMSNorm(cfg.norm_eps, dtype, name="final_norm")(x)
-        return y, new_cache, aux
+        return (y, new_cache, aux) if tap < 0 else (y, new_cache, aux, tapped)

@@ -264,3 +264,55 @@ def test_frame_text_labels_reach_the_batch_only_where_labelled():
         pipeline.episode_arrays(ep, c)
     window = pipeline.crop_window(pipeline.episode_arrays(synthetic.generate("repcount", 1), c), 0, 60)
     assert (window["frame_text_weight"][-5:] == 0).all() and (window["frame_text"][-5:] == tokenizer.PAD).all()
+
+
+def _spelled(ids: np.ndarray) -> str:
+    """The labelled symbols of [N, A] heard_text in order, one per run of equal tokens."""
+    flat = [int(i) for i in ids.reshape(-1)]
+    return "".join(chr(t) for k, t in enumerate(flat) if t != tokenizer.PAD and (k == 0 or flat[k - 1] != t))
+
+
+def test_heard_text_labels_spell_what_the_user_said():
+    """Each AUDIO_IN token names the symbol the user is saying in it, in order, also inside packed streams; the
+    model's echo is never labelled as silence; unlabelled episodes weigh 0; a broken label is said clearly."""
+    c = cfg()
+    a = pipeline.Layout.from_config(c.audio, c.vision, c.text).num_audio
+    for seed in range(6):
+        ep = synthetic.generate("repeat", seed)
+        arr = pipeline.episode_arrays(ep, c)
+        assert arr["heard_text"].shape == arr["heard_text_weight"].shape == (ep.num_chunks, a)
+        digits = ep.labels["user_digits"]
+        spelled = _spelled(arr["heard_text"])
+        # a digit said twice in a row with a short gap can merge into one run of tokens
+        assert spelled == digits or spelled == "".join(d for i, d in enumerate(digits) if i == 0 or digits[i - 1] != d)
+        first = int(np.flatnonzero(arr["heard_text"].reshape(-1) != tokenizer.PAD)[0])
+        assert abs(first * 0.2 / a - ep.labels["user_onsets_s"][0]) <= 0.2 / a
+        # every labelled digit weighs 1; tokens while the model speaks (its echo) weigh 0
+        w, ids = arr["heard_text_weight"].reshape(-1), arr["heard_text"].reshape(-1)
+        assert (w[ids != tokenizer.PAD] == 1).all()
+        reply = int(ep.labels["model_onset_s"] / (0.2 / a))
+        assert w[reply + 1] == 0 and w[: first] .all()
+        # onsets: one token per utterance of a symbol, never before any of it is audible (token j hears up to
+        # the end of its 50 ms), at most one token after it starts
+        onset_ids = arr["heard_onset"].reshape(-1)
+        named = np.flatnonzero(onset_ids != tokenizer.PAD)
+        assert "".join(chr(onset_ids[i]) for i in named) == digits
+        starts = ep.labels["user_onsets_s"]
+        token_s = 0.2 / a
+        assert all((j + 1) * token_s > t and j <= t / token_s + 1 for j, t in zip(named, starts, strict=True))
+        assert (w[named] == 1).all()
+    interrupt = synthetic.generate("interrupt", 2)
+    assert _spelled(pipeline.episode_arrays(interrupt, c)["heard_text"])[:2] == interrupt.labels["user_digits"][:2]
+    mixed = synthetic.stream(7, ["repeat", "cuespeak", "repeat"], min_chunks=40)
+    said = "".join(s["labels"]["user_digits"] for s in mixed.labels["segments"] if s["task"] == "repeat")
+    assert set(_spelled(pipeline.episode_arrays(mixed, c)["heard_text"])) == set(said)
+    ep = synthetic.generate("cuespeak", 1)  # the user says nothing: every token is PAD, labelled
+    arr = pipeline.episode_arrays(ep, c)
+    assert (arr["heard_text"] == tokenizer.PAD).all() and arr["heard_text_weight"][:2].all()
+    del ep.labels["heard"]  # a converted real episode carries no label
+    assert not pipeline.episode_arrays(ep, c)["heard_text_weight"].any()
+    ep.labels["heard"] = [[0.5, "7"]]
+    with pytest.raises(ValueError, match="heard"):
+        pipeline.episode_arrays(ep, c)
+    window = pipeline.crop_window(pipeline.episode_arrays(synthetic.generate("repeat", 1), c), 0, 60)
+    assert (window["heard_text_weight"][-5:] == 0).all() and (window["heard_text"][-5:] == tokenizer.PAD).all()

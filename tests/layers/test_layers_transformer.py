@@ -111,3 +111,29 @@ def test_bf16_compute_is_finite_and_close_to_fp32(make_cfg, make_params, fast_ji
     rel = np.linalg.norm(y16 - np.asarray(y32)) / np.linalg.norm(y32)
     assert rel < 5e-2, rel
     assert abs(float(aux16) - float(aux32)) < 0.1
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_tap_layer_returns_that_blocks_residual_stream(make_cfg, make_params, reference, scan):
+    """``tap_layer=k`` adds the residual stream after block k and changes nothing else: tapping the last block
+    and applying the final norm gives the output; another block gives another stream; a block past the stack
+    is an error."""
+    import dataclasses
+
+    from interaction_jax.layers.norms import RMSNorm
+
+    params, x, pos, _, _ = reference
+    cfg = make_cfg()
+    if not scan:
+        cfg = dataclasses.replace(cfg, scan_layers=False)
+        params = _unstack(params, cfg.num_layers)
+    y, _, _ = Transformer(cfg).apply({"params": params}, x, pos)
+    last = cfg.num_layers - 1
+    y2, _, _, tapped = Transformer(cfg, tap_layer=last).apply({"params": params}, x, pos)
+    np.testing.assert_array_equal(np.asarray(y2), np.asarray(y))
+    norm = RMSNorm(cfg.norm_eps, jnp.float32).apply({"params": params["final_norm"]}, tapped)
+    np.testing.assert_allclose(np.asarray(norm), np.asarray(y), rtol=1e-5, atol=1e-5)
+    first = Transformer(cfg, tap_layer=0).apply({"params": params}, x, pos)[3]
+    assert not np.allclose(np.asarray(first), np.asarray(tapped))
+    with pytest.raises(ValueError, match="tap_layer"):
+        Transformer(cfg, tap_layer=cfg.num_layers).apply({"params": params}, x, pos)

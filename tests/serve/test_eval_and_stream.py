@@ -96,6 +96,13 @@ def test_oracle_scores_the_targets_at_the_ceiling(tmp_path):
     assert clean["repeat"]["content"] == 1.0 and clean["timespeak"]["on_time"] == 1.0
     assert clean["cuespeak"]["on_time"] == 1.0 and clean["repcount"]["obo"] == 1.0
     assert clean["interrupt"]["yield_rate"] == 1.0 and clean["repeat"]["latency_s"] <= 0.4
+    # transcripts.jsonl: one line per episode and task; the oracle's text says exactly its targets
+    lines = [json.loads(line) for line in (tmp_path / "eval_oracle" / "transcripts.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 * 4 and {line["task"] for line in lines} == set(clean)
+    repeat = [line for line in lines if line["task"] == "repeat"]
+    assert all(line["said"] == line["target"] and len(line["target"]) >= 3 for line in repeat)
+    assert all([w for _, w in line["said_words"]] == [w for _, w in line["target_words"]] for line in repeat)
+    assert all(line["scores"]["content"] == 1.0 for line in repeat)
     assert main(["eval", "--oracle", "--oracle-noise", "0.6", "--task", "repeat,interrupt", "--episodes", "4",
                  "--json", str(out), "--out", str(tmp_path)]) == 0
     noisy = json.loads(out.read_text())
@@ -115,6 +122,7 @@ def test_teacher_forced_metrics_per_task(checkpoint, tmp_path, capsys):
         assert res[task]["text_loss_above_floor"] == res[task]["text_loss"] - res[task]["text_floor"]
         assert 0.0 <= res[task]["word_acc_pos0"] <= 1.0
     assert {f"word_acc_pos{i}" for i in range(3)} <= set(res["interrupt"])  # it says 1, 2, 3 before any barge-in
+    assert 0.0 <= res["repeat"]["stop_acc"] <= 1.0
     assert "epad_timing_err_chunks" in capsys.readouterr().out
 
 
@@ -208,3 +216,22 @@ def test_export_is_a_params_only_model_that_streams(checkpoint, tmp_path, capsys
     np.savez(out / "params.npz", **flat)
     assert main(["eval", "--checkpoint", str(out), "--task", "repeat", "--episodes", "1"]) == 2
     assert "different model; first mismatch: ['tick_embed']" in capsys.readouterr().err
+
+
+def test_stop_hit_scores_the_slot_after_the_last_word():
+    """A reply that stops after its last word hits; one that starts another word (EPAD) misses; an episode
+    that ends on its last word, or has none, is not scored."""
+    from interaction_jax.evals.teacher_forced import stop_hit
+    from interaction_jax.text import tokenizer
+
+    P, E = tokenizer.PAD, tokenizer.EPAD
+    target = np.array([P, P, E, ord("4"), E, ord("2"), P, P])
+    valid = np.ones(8, bool)
+    assert stop_hit(target.copy(), target, valid) == [True]
+    goes_on = target.copy()
+    goes_on[6] = E
+    assert stop_hit(goes_on, target, valid) == [False]
+    assert stop_hit(target[:6], target[:6], valid[:6]) == []
+    assert stop_hit(np.full(4, P), np.full(4, P), np.ones(4, bool)) == []
+    valid[6:] = False  # padding after the episode is not a stop
+    assert stop_hit(goes_on, target, valid) == []

@@ -71,6 +71,9 @@ MIN_TEXT_RATE = 2  # bytes per chunk the TEXT_IN FIFO delivers at least (text.te
 # Label: the text readable in each frame ("" for none; here the cuespeak digit), one entry per chunk. Only
 # the optional frame-text auxiliary loss reads it (model.frame_text_weight); real episodes leave it out.
 FRAME_TEXT = "frame_text"
+# Label: what the user says aloud, [[onset_s, duration_s, symbol], ...] (empty when the user is silent). Only the
+# optional heard-text auxiliaries read it (model.heard_text_weight / heard_onset_weight); real episodes leave it out.
+HEARD = "heard"
 # Fraction of episodes recorded with no room noise at all: files made digitally (a synthesiser, a TTS) hold
 # exact zeros between sounds, and a model that only ever heard a -70..-50 dBFS floor reads them as a
 # different world (measured: typed instructions 1/8 right on digital silence vs 6/8 with a floor).
@@ -130,6 +133,11 @@ def _model_says(voice: Voice, rng: np.random.Generator, symbols: Sequence[str], 
             for i, (s, d, j) in enumerate(zip(symbols, durs, jitter, strict=True))]
 
 
+def _heard(events: list[Event]) -> list[list[Any]]:
+    """User events as the ``heard`` label: [[onset_s, duration_s, symbol], ...]."""
+    return [[t, round(float(d), 6), sym] for t, sym, d in events]
+
+
 def _end(events: list[Event]) -> float:
     return max((t + d for t, _, d in events), default=0.0)
 
@@ -175,7 +183,7 @@ def _plan_repeat(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int
                   _words(model_ev), {
                       "task": "repeat", "user_digits": digits, "user_onsets_s": [e[0] for e in user_ev],
                       "user_end_s": user_end, "model_digits": digits, "model_onset_s": model_ev[0][0],
-                      "model_onsets_s": [e[0] for e in model_ev]})
+                      "model_onsets_s": [e[0] for e in model_ev], HEARD: _heard(user_ev)})
 
 
 def _plan_timespeak(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None) -> _Draft:
@@ -210,7 +218,7 @@ def _plan_timespeak(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: 
                   _words(model_ev), {
                       "task": "timespeak", "digit": digit, "delay_s": delay, "text": text,
                       "text_time_s": text_time, "target_time_s": target, "model_onset_s": model_ev[0][0],
-                      **({"spoken_instruction_end_s": heard} if user_ev else {})})
+                      HEARD: _heard(user_ev), **({"spoken_instruction_end_s": heard} if user_ev else {})})
 
 
 def _plan_cuespeak(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None,
@@ -297,7 +305,7 @@ def _plan_interrupt(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: 
                       "task": "interrupt", "barge_in_s": barge_s if barge else None, "heard_chunk": heard,
                       "react_s": _q((heard + 1) * CHUNK_S), "model_stop_s": _end(model_ev),
                       "model_digits": "".join(e[1] for e in model_ev), "text_time_s": text_time,
-                      "user_digits": symbols, "user_end_s": _end(user_ev),
+                      "user_digits": symbols, "user_end_s": _end(user_ev), HEARD: _heard(user_ev) if barge else [],
                       **({"yield_tol_s": round(tol, 3)} if tol > YIELD_TOL_S else {})})
 
 
@@ -311,9 +319,10 @@ VIDEO_TASKS = ("cuespeak", "repcount")
 def _concat(drafts: list[_Draft], rng: np.random.Generator, task: str) -> _Draft:
     """Back-to-back drafts (chunk-aligned) as one longer draft; scenes without video get blank frames."""
     bg = fr.random_style(rng).bg
-    offset, segments, user_text, words, images, frame_text = 0.0, [], [], [], [], []
+    offset, segments, user_text, words, images, frame_text, heard = 0.0, [], [], [], [], [], []
     for d in drafts:
         frame_text += d.labels.get(FRAME_TEXT, [""] * d.n_chunks)
+        heard += [[_q(t + offset), dur, sym] for t, dur, sym in d.labels.get(HEARD, [])]
         segments.append({"task": d.labels["task"], "offset_s": offset, "duration_s": d.n_chunks * CHUNK_S,
                          "labels": d.labels})
         user_text += [(_q(t + offset), s) for t, s in d.user_text]
@@ -324,7 +333,7 @@ def _concat(drafts: list[_Draft], rng: np.random.Generator, task: str) -> _Draft
     has_video = any(d.frames is not None for d in drafts)
     return _Draft(sum(d.n_chunks for d in drafts), np.concatenate([d.user for d in drafts]),
                   np.concatenate([d.model for d in drafts]), np.concatenate(images) if has_video else None,
-                  user_text, words, {"task": task, "segments": segments,
+                  user_text, words, {"task": task, "segments": segments, HEARD: heard,
                                      **({FRAME_TEXT: frame_text} if has_video else {})})
 
 
@@ -383,7 +392,7 @@ def _finish(draft: _Draft, rng: np.random.Generator, voice: str, echo: bool) -> 
     user = draft.user + noise
     if echo:
         user = mix_echo(user, draft.model, gain_db, delay_s)
-    labels = {**draft.labels, "voice": voice, "echo": bool(echo), "echo_gain_db": gain_db,
+    labels = {HEARD: [], **draft.labels, "voice": voice, "echo": bool(echo), "echo_gain_db": gain_db,
               "echo_delay_s": delay_s, "noise_dbfs": noise_dbfs}
     ep = Episode(user.astype(np.float32), draft.model.astype(np.float32), draft.frames, draft.user_text,
                  draft.model_words, labels)
