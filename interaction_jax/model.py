@@ -359,42 +359,24 @@ class InteractionModel(nn.Module):
         aux_w = self.model.transformer.moe.aux_loss_weight if self.model.transformer.moe.num_experts else 0.0
         loss = text_loss + self.model.flow_loss_weight * flow_loss + aux_w * out["aux_loss"]
         frame_metrics = {}
-        if "frame_text_logits" in out and "frame_text" in batch:
-            f_logits, f_target = out["frame_text_logits"], batch["frame_text"]
-            f_ce = _token_ce(f_logits, f_target)
-            labelled = batch["frame_text_weight"] > 0
-            frame_loss = _masked_mean(f_ce, labelled)
-            loss = loss + self.model.frame_text_weight * frame_loss
-            has_text = labelled & (f_target != tokenizer.PAD)
-            frame_metrics = {
-                "frame_text_loss": frame_loss,
-                "frame_text_acc": _masked_mean((jnp.argmax(f_logits, -1) == f_target).astype(jnp.float32), has_text),
-            }
-
-        if "heard_text_logits" in out and "heard_text" in batch:
-            h_logits, h_target = out["heard_text_logits"], batch["heard_text"]
-            labelled = batch["heard_text_weight"] > 0
-            heard_loss = _masked_mean(_token_ce(h_logits, h_target), labelled)
-            loss = loss + self.model.heard_text_weight * heard_loss
-            said = labelled & (h_target != tokenizer.PAD)
-            frame_metrics |= {
-                "heard_text_loss": heard_loss,
-                "heard_text_acc": _masked_mean((jnp.argmax(h_logits, -1) == h_target).astype(jnp.float32), said),
-            }
-
-        if "heard_onset_logits" in out and "heard_onset" in batch:
-            o_logits, o_target = out["heard_onset_logits"], batch["heard_onset"]
-            labelled = batch["heard_text_weight"] > 0
-            onset_loss = _masked_mean(_token_ce(o_logits, o_target), labelled)
-            loss = loss + self.model.heard_onset_weight * onset_loss
-            o_pred = jnp.argmax(o_logits, -1)
-            frame_metrics |= {
-                "heard_onset_loss": onset_loss,
-                "heard_onset_acc": _masked_mean((o_pred == o_target).astype(jnp.float32),
-                                                labelled & (o_target != tokenizer.PAD)),
-                "heard_onset_false": _masked_mean((o_pred != tokenizer.PAD).astype(jnp.float32),
-                                                  labelled & (o_target == tokenizer.PAD)),
-            }
+        # Auxiliary label losses: (output key, batch target, batch weight, loss weight); each adds weight x its
+        # CE over labelled tokens and logs its loss and its accuracy on labelled non-PAD targets.
+        for name, weight_key, weight in (("frame_text", "frame_text_weight", self.model.frame_text_weight),
+                                         ("heard_text", "heard_text_weight", self.model.heard_text_weight),
+                                         ("heard_onset", "heard_text_weight", self.model.heard_onset_weight)):
+            if f"{name}_logits" not in out or name not in batch:
+                continue
+            a_logits, a_target = out[f"{name}_logits"], batch[name]
+            labelled = batch[weight_key] > 0
+            a_loss = _masked_mean(_token_ce(a_logits, a_target), labelled)
+            loss = loss + weight * a_loss
+            a_pred = jnp.argmax(a_logits, -1)
+            frame_metrics[f"{name}_loss"] = a_loss
+            frame_metrics[f"{name}_acc"] = _masked_mean((a_pred == a_target).astype(jnp.float32),
+                                                        labelled & (a_target != tokenizer.PAD))
+            if name == "heard_onset":  # onsets are rare: also log how often a PAD token is named
+                frame_metrics["heard_onset_false"] = _masked_mean((a_pred != tokenizer.PAD).astype(jnp.float32),
+                                                                  labelled & (a_target == tokenizer.PAD))
 
         pred = jnp.argmax(logits, -1)
         correct = (pred == targets).astype(jnp.float32)

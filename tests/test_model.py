@@ -343,6 +343,14 @@ def test_slot_embedding_tells_slots_of_one_type_apart_only_when_asked(setup, mod
     assert differ == (mode == "slot")
 
 
+def _numpy_token_ce(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Reference per-token cross-entropy in float64 numpy (the auxiliary-loss tests check the model's against it)."""
+    logits = np.asarray(logits, np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+
+
 def test_frame_text_auxiliary_names_the_frame_from_the_stem(setup):
     """Off by default (no extra output); on, the loss adds weight x CE of the frame's mean patch token read as
     text against ``frame_text`` over labelled frames only, and its gradient reaches the video stem."""
@@ -366,9 +374,7 @@ def test_frame_text_auxiliary_names_the_frame_from_the_stem(setup):
     loss_on, m_on = run(on, b)
     logits = np.asarray(forward(on, params, jax.tree.map(jnp.asarray, b))["frame_text_logits"])
     assert logits.shape == (2, 4, cfg.text.vocab_size)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-        - logits.max(-1, keepdims=True)
-    ce = -np.take_along_axis(logp, b["frame_text"][..., None], -1)[..., 0]
+    ce = _numpy_token_ce(logits, b["frame_text"])
     np.testing.assert_allclose(float(m_on["frame_text_loss"]), ce[:, :3].mean(), rtol=1e-5)
     np.testing.assert_allclose(float(loss_on), float(loss_off) + 0.5 * ce[:, :3].mean(), rtol=1e-5)
     # an unlabelled frame's target is ignored
@@ -411,9 +417,7 @@ def test_heard_text_auxiliary_names_the_sound_from_the_front_end(setup):
                                np.asarray(forward(cfg, params, jax.tree.map(jnp.asarray, b))["text_logits"]), atol=1e-6)
     logits = np.asarray(out_on["heard_text_logits"], np.float64)
     assert logits.shape == (*b["heard_text"].shape, cfg.text.vocab_size)
-    logp = logits - logits.max(-1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
-    ce = -np.take_along_axis(logp, b["heard_text"][..., None], -1)[..., 0]
+    ce = _numpy_token_ce(logits, b["heard_text"])
     np.testing.assert_allclose(float(m_on["heard_text_loss"]), ce[:, :3].mean(), rtol=1e-5)
     np.testing.assert_allclose(float(loss_on), float(loss_off) + 0.5 * ce[:, :3].mean(), rtol=1e-5)
     b2 = {k: v.copy() for k, v in b.items()}
@@ -448,9 +452,7 @@ def test_heard_onset_auxiliary_supervises_only_the_layers_up_to_its_tap(setup):
     np.testing.assert_allclose(np.asarray(out["text_logits"]),
                                np.asarray(forward(cfg, params, jax.tree.map(jnp.asarray, b))["text_logits"]), atol=1e-6)
     logits = np.asarray(out["heard_onset_logits"], np.float64)
-    logp = logits - logits.max(-1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
-    ce = -np.take_along_axis(logp, b["heard_onset"][..., None], -1)[..., 0]
+    ce = _numpy_token_ce(logits, b["heard_onset"])
     np.testing.assert_allclose(float(m_on["heard_onset_loss"]), ce[:, :3].mean(), rtol=1e-5)
     np.testing.assert_allclose(float(loss_on), float(loss_off) + 0.5 * ce[:, :3].mean(), rtol=1e-5)
 
