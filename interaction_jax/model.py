@@ -283,6 +283,7 @@ class InteractionModel(nn.Module):
         prev_mel: jax.Array,
         keys: jax.Array,
         sampling: Sampling,
+        active: jax.Array | None = None,
     ) -> dict[str, Any]:
         """One micro-turn for B streams with a KV cache: prefill the world slots, then speak.
 
@@ -291,10 +292,15 @@ class InteractionModel(nn.Module):
         then each remaining TEXT_OUT token and each AUDIO_OUT block is decoded one slot at a time, feeding
         the sample back as the next slot's input. ``keys`` [B] are per-row PRNG keys, so a row's samples
         do not depend on which other rows share the batch.
+
+        ``active`` [B] bool (default: all): rows that consume this chunk. The others run at position -1, which
+        the cache neither writes nor attends to, so their cache is untouched *in place*; selecting the old
+        cache back afterwards kept two copies of it alive and made every cache write a full copy.
         """
         lay = self.layout
         s = lay.slots_per_chunk
-        base = (chunk_index * s).astype(jnp.int32)[:, None]
+        start = (chunk_index * s).astype(jnp.int32)[:, None]
+        base = start if active is None else jnp.where(active[:, None], start, jnp.iinfo(jnp.int32).min // 2)
         x = self.embed_inputs(audio_in[:, None], None if frames is None else frames[:, None],
                               None if frame_mask is None else frame_mask[:, None], text_in[:, None])[:, 0]
         x = jnp.concatenate([x, self.embed_text(prev_text[:, None], SlotType.TEXT_OUT)], axis=1)

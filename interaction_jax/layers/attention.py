@@ -256,6 +256,37 @@ def cache_logical_axes() -> dict[str, tuple[str | None, ...]]:
     }
 
 
+def layer_view(cache: Cache, layer: Any) -> Cache:
+    """One layer of the stacked cache, *without slicing it*: the stack plus the layer index.
+
+    The attention reads K/V blocks straight out of the ``[L, B, Hkv, C, D]`` stack at ``layer``. Handing each
+    scanned layer its ``[B, Hkv, C, D]`` slice instead made XLA copy the whole slice on every call (a
+    dynamic-slice per layer and per K/V: on XLA:CPU, tiny with 32 sessions, 136 of the step's ~550
+    thread-ms, and a cost that grew with the *allocated* cache, not the filled one)."""
+    return {**cache, "layer": jnp.asarray(layer, jnp.int32)}
+
+
+def _kv(cache: Cache, name: str, start: Any = 0, size: int | None = None) -> jax.Array:
+    """Slots ``[start, start + size)`` of a layer's ``k`` or ``v`` as ``[B, Hkv, size, D]``; reads a
+    ``layer_view`` in place at its layer, or a single layer's cache."""
+    a = cache[name]
+    size = _cache_len(cache) if size is None else size
+    if "layer" not in cache:
+        return a if size == a.shape[2] else jax.lax.dynamic_slice_in_dim(a, start, size, axis=2)
+    _, b, h, _, d = a.shape
+    return jax.lax.dynamic_slice(a, (cache["layer"], 0, 0, start, 0), (1, b, h, size, d))[0]
+
+
+def _cache_pos(cache: Cache) -> jax.Array:
+    """A layer's slot positions ``[B, C]``."""
+    return cache["pos"] if "layer" not in cache else jax.lax.dynamic_index_in_dim(cache["pos"], cache["layer"], 0,
+                                                                                    keepdims=False)
+
+
+def _cache_len(cache: Cache) -> int:
+    return cache["k"].shape[-2]
+
+
 def visible_old_positions(cache_pos: jax.Array, positions: jax.Array) -> jax.Array:
     """Cache slot positions the new queries may see (older than the row's first new token), else -1."""
     big = jnp.iinfo(jnp.int32).max
@@ -266,9 +297,9 @@ def visible_old_positions(cache_pos: jax.Array, positions: jax.Array) -> jax.Arr
 def cache_context(cache: Cache, k: jax.Array, v: jax.Array, positions: jax.Array):
     """Keys/values ``[B, C + T, Hkv, D]`` and positions the new queries see: visible old slots, then the new
     tokens (sequence-major, as ``attend`` takes them)."""
-    old_pos = visible_old_positions(cache["pos"], positions)
-    k_all = jnp.concatenate([jnp.swapaxes(cache["k"], 1, 2).astype(k.dtype), k], axis=1)
-    v_all = jnp.concatenate([jnp.swapaxes(cache["v"], 1, 2).astype(v.dtype), v], axis=1)
+    old_pos = visible_old_positions(_cache_pos(cache), positions)
+    k_all = jnp.concatenate([jnp.swapaxes(_kv(cache, "k"), 1, 2).astype(k.dtype), k], axis=1)
+    v_all = jnp.concatenate([jnp.swapaxes(_kv(cache, "v"), 1, 2).astype(v.dtype), v], axis=1)
     return k_all, v_all, jnp.concatenate([old_pos, positions.astype(jnp.int32)], axis=1)
 
 
@@ -287,12 +318,13 @@ def _ungroup(out: jax.Array, dtype: Any) -> jax.Array:
 
 def dense_cached_attention(q, cache: Cache, k, v, positions, sliding_window: int = 0) -> jax.Array:
     """``attend(q, old ++ new)`` over the whole allocated cache, the reference flash-decoding is tested
-    against. The scores of the two parts are concatenated (``T x (C + T)`` numbers) instead of the keys, so
-    it never copies the cache either."""
+    against. The scores of the two parts are concatenated (``T x (C + T)`` numbers) instead of the keys.
+    Given a ``layer_view`` it slices the layer's whole K/V out of the stack, a copy: one reason flash, which
+    slices only its key tiles, is the default."""
     hkv = k.shape[2]
     qg = _grouped_queries(q, hkv)
-    old_pos = visible_old_positions(cache["pos"], positions)
-    k_old, v_old = cache["k"].astype(k.dtype), cache["v"].astype(v.dtype)
+    old_pos = visible_old_positions(_cache_pos(cache), positions)
+    k_old, v_old = _kv(cache, "k").astype(k.dtype), _kv(cache, "v").astype(v.dtype)
     logits = jnp.concatenate([
         jnp.einsum("bkgtd,bksd->bkgts", qg, k_old, preferred_element_type=jnp.float32),
         jnp.einsum("bkgtd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32),
@@ -318,6 +350,24 @@ def _online_softmax_update(carry, logits, mask, values, spec: str):
     return m_new, total * correction + jnp.sum(p, axis=-1), acc
 
 
+DECODE_BLOCK_BYTES = 4 * 2**20
+DECODE_BLOCK_SLOTS = (128, 1024)
+
+
+def decode_block_size(block: int, cache: Cache) -> int:
+    """Slots per flash-decoding block: ``block``, or for 0 the power of two in ``DECODE_BLOCK_SLOTS`` whose
+    keys of every row take ~``DECODE_BLOCK_BYTES``: few loop trips for one session (each trip costs
+    dispatch), cache-sized tiles for many; at most C. Measured on XLA:CPU (tiny): 1 session at 40 s 30 ms
+    with 256-slot blocks, 22 with 1024; 32 sessions at 20 s best with 256 (512: +35%)."""
+    c = _cache_len(cache)
+    if block <= 0:
+        b, h, _, d = cache["k"].shape[-4:]  # [(L,) B, Hkv, C, D]
+        per_slot = b * h * d * cache["k"].dtype.itemsize
+        lo, hi = DECODE_BLOCK_SLOTS
+        block = min(hi, max(lo, 2 ** int(math.log2(max(DECODE_BLOCK_BYTES // per_slot, 1)))))
+    return min(block, c)
+
+
 def filled_blocks(old_pos: jax.Array, block: int) -> jax.Array:
     """Key blocks a step must read: up to the last block with a visible slot in any row (int32 scalar).
 
@@ -328,22 +378,22 @@ def filled_blocks(old_pos: jax.Array, block: int) -> jax.Array:
     return (last + block) // block
 
 
-def flash_cached_attention(q, cache: Cache, k, v, positions, sliding_window: int = 0, block: int = 256):
+def flash_cached_attention(q, cache: Cache, k, v, positions, sliding_window: int = 0, block: int = 0):
     """``dense_cached_attention`` that reads only the filled part of the cache (flash-decoding).
 
     Keys are visited in fixed ``block``-slot tiles by a ``while`` loop whose trip count is data
     (``filled_blocks``): one compiled program for every fill level, and a step at 1 s of context reads
     1 s of keys. The last tile is clamped to the cache end and masks the slots an earlier tile already
     covered, so any cache length works. The new tokens are one more tile. Exact up to fp32 rounding."""
-    block = min(block, cache["k"].shape[2])
-    old_pos = visible_old_positions(cache["pos"], positions)
+    block = decode_block_size(block, cache)
+    old_pos = visible_old_positions(_cache_pos(cache), positions)
     return _flash_decode(q, cache, k, v, positions, old_pos, filled_blocks(old_pos, block), sliding_window, block)
 
 
 def _flash_decode(q, cache: Cache, k, v, positions, old_pos, n_blocks, sliding_window: int, block: int):
     """The block loop of ``flash_cached_attention``, given the visible old positions and the trip count."""
     b, t, h, d = q.shape
-    hkv, c = k.shape[2], cache["k"].shape[2]
+    hkv, c = k.shape[2], _cache_len(cache)
     qg = _grouped_queries(q, hkv)
     q_pos = positions.astype(jnp.int32)
     stats = jnp.full((b, hkv, h // hkv, t), _NEG, jnp.float32)
@@ -351,8 +401,8 @@ def _flash_decode(q, cache: Cache, k, v, positions, old_pos, n_blocks, sliding_w
 
     def body(i, carry):
         start = jnp.minimum(i * block, c - block)
-        kb = jax.lax.dynamic_slice_in_dim(cache["k"], start, block, axis=2).astype(q.dtype)
-        vb = jax.lax.dynamic_slice_in_dim(cache["v"], start, block, axis=2).astype(v.dtype)
+        kb = _kv(cache, "k", start, block).astype(q.dtype)
+        vb = _kv(cache, "v", start, block).astype(v.dtype)
         pb = jax.lax.dynamic_slice_in_dim(old_pos, start, block, axis=1)
         fresh = start + jnp.arange(block) >= i * block  # not already covered by the previous tile
         pb = jnp.where(fresh[None], pb, -1)
@@ -368,14 +418,14 @@ def _flash_decode(q, cache: Cache, k, v, positions, old_pos, n_blocks, sliding_w
     return _ungroup(out, v.dtype)
 
 
-def auto_cached_attention(q, cache: Cache, k, v, positions, sliding_window: int = 0, block: int = 256):
+def auto_cached_attention(q, cache: Cache, k, v, positions, sliding_window: int = 0, block: int = 0):
     """Flash-decoding while under half the cache holds visible keys, one dense read above that.
 
     Both are exact; the switch is a run-time ``lax.cond`` on the fill, so it never recompiles. Measured on
     XLA:CPU (tiny, bench stream): the block loop saves 35% of the step at 1-10 s of a 40 s cache but costs
     10-25% over one dense read when the cache is nearly full (loop overhead), hence the switch."""
-    block = min(block, cache["k"].shape[2])
-    old_pos = visible_old_positions(cache["pos"], positions)
+    block = decode_block_size(block, cache)
+    old_pos = visible_old_positions(_cache_pos(cache), positions)
     n_blocks = filled_blocks(old_pos, block)
     return jax.lax.cond(
         2 * n_blocks * block < old_pos.shape[-1],
@@ -485,6 +535,8 @@ class Attention(nn.Module):
                 raise ValueError(f"unknown decode_attention {cfg.decode_attention!r}; expected flash or dense")
             # The stack writes every layer's new keys with one scatter into the stacked cache; a lone layer
             # returns its updated cache.
+            if not self.return_new_kv and "layer" in cache:
+                raise ValueError("a layer_view of the stacked cache is written by the stack: use return_new_kv")
             new_cache = {"k": k, "v": v} if self.return_new_kv else update_cache(cache, k, v, positions)
         out = constrain(out, BATCH_LEN_HEADS)
         out_axes = ("heads", "head_dim", "embed")

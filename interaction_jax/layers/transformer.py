@@ -3,9 +3,10 @@
 ``Transformer(config)(x, positions, cache=None) -> (y, new_cache | None, aux_loss)``; with ``tap_layer=k``
 (>= 0) a fourth output, the residual stream after block k (an auxiliary loss can supervise a middle layer):
   * ``x [B, T, D]`` is cast to ``config.dtype``; params are fp32 and cast at use.
-  * ``cache`` is the stacked cache from ``init_cache`` (leading axis L); with ``scan_layers`` each layer's
-    slice is a scanned input (read only); the layers return just the new tokens' keys/values and one scatter
-    writes them into the stacked cache, so a decode step never copies the cache it does not change.
+  * ``cache`` is the stacked cache from ``init_cache`` (leading axis L). Every layer gets the whole stack and
+    its layer index (``layer_view``; the index is the scanned input) and reads its K/V blocks in place: a
+    per-layer slice was a full copy on every call. The layers return just the new tokens' keys/values and
+    one scatter writes them into the stacked cache, so a decode step never copies the cache.
   * ``aux_loss`` is the MoE load-balance loss *summed* over layers (fp32; 0 for dense FFNs), so each MoE
     layer is pushed towards balance with the same weight regardless of depth.
 
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from interaction_jax.config import TransformerConfig
-from interaction_jax.layers.attention import Attention, Cache, update_cache
+from interaction_jax.layers.attention import Attention, Cache, layer_view, update_cache
 from interaction_jax.layers.mlp import MLP
 from interaction_jax.layers.moe import MoE
 from interaction_jax.layers.norms import RMSNorm
@@ -50,10 +51,12 @@ class Block(nn.Module):
     emit_hidden: bool = False  # also return the block's output as a scanned output (Transformer.tap_layer)
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, cache: Cache | None = None):
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: Cache | None = None, layer: Any = None):
+        """``cache``: the whole stacked cache, read at ``layer`` (see ``layer_view``)."""
         cfg = self.config
         dtype = to_dtype(cfg.dtype)
         x = constrain(x, BATCH_LEN_EMBED)
+        cache = None if cache is None else layer_view(cache, layer)
         h = RMSNorm(cfg.norm_eps, dtype, name="attn_norm")(x)
         h, new_cache = Attention(cfg, return_new_kv=True, name="attn")(h, positions, cache)
         x = x + h
@@ -98,19 +101,19 @@ class Transformer(nn.Module):
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, 0),
+                in_axes=(nn.broadcast, nn.broadcast, 0),
                 length=cfg.num_layers,
                 unroll=cfg.scan_unroll,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, ys = stack(cfg, emit_hidden=tap >= 0, name="layers")(x, positions, cache)
+            layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+            x, ys = stack(cfg, emit_hidden=tap >= 0, name="layers")(x, positions, cache, layers)
             new_kv, aux = ys[0], jnp.sum(ys[1])
             tapped = ys[2][tap] if tap >= 0 else None
         else:
             new_layers, aux = [], jnp.zeros((), jnp.float32)
             for i in range(cfg.num_layers):
-                layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
-                x, (layer_new, layer_aux) = block(cfg, name=f"layers_{i}")(x, positions, layer_cache)
+                x, (layer_new, layer_aux) = block(cfg, name=f"layers_{i}")(x, positions, cache, i)
                 new_layers.append(layer_new)
                 aux = aux + layer_aux
                 tapped = x if i == tap else tapped

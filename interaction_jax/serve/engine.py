@@ -132,10 +132,11 @@ class Engine:
         return self._reset(state, jnp.asarray(rows, bool), jnp.asarray(seeds))
 
     # ---------------------------------------------------------------------------- the micro-turn
-    def _decode(self, params, cache, chunk_index, bins, frames, frame_mask, text_in, prev_text, prev_mel, keys):
+    def _decode(self, params, cache, chunk_index, bins, frames, frame_mask, text_in, prev_text, prev_mel, keys,
+                active):
         return self.model.apply(
             {"params": params}, cache, chunk_index, bins, frames, frame_mask, text_in, prev_text, prev_mel, keys,
-            self.sampling, method=InteractionModel.decode_chunk,
+            self.sampling, active, method=InteractionModel.decode_chunk,
         )
 
     def _decode_rows(self, params, cache, *row_args):
@@ -173,15 +174,17 @@ class Engine:
         keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(state.seed, state.chunk_index)
         decode = self._decode_rows if self.row_invariant else self._decode
         out = decode(params, state.cache, state.chunk_index, feats, frames, frame_mask, text_in, state.prev_text,
-                     state.prev_mel, keys)
+                     state.prev_mel, keys, advance)  # idle rows write nothing: their cache is left in place
         blocks = out["mel_blocks"]  # [B, A, k*80] normalised, clipped to [-1, 1]
         mel = blocks.reshape(blocks.shape[0], a.frames_per_chunk, a.n_mels)
         vocoder_state, wave = vocode_rows(state.vocoder_state, mel, a, advance)  # idle slots skip the vocoder
         new_state = EngineState(
-            cache=out["cache"], chunk_index=state.chunk_index + 1, prev_text=out["text_tokens"][:, -1],
+            cache=None, chunk_index=state.chunk_index + 1, prev_text=out["text_tokens"][:, -1],
             prev_mel=blocks[:, -1], dmel_state=dmel_state, vocoder_state=vocoder_state, seed=state.seed,
         )
-        new_state = self._select_rows(advance, new_state, state)  # idle rows keep their state exactly
+        # Idle rows keep their state exactly. The cache is not selected (that read and wrote all of it, and kept
+        # the old copy alive so no write was in place): the decode already left idle rows' slots untouched.
+        new_state = self._select_rows(advance, new_state, state.replace(cache=None)).replace(cache=out["cache"])
         outputs = {"audio": wave, "text_tokens": out["text_tokens"], "mel": mel, "text_logits": out["text_logits"],
                    "flow_cond": out["flow_cond"], "audio_in_bins": bins,
                    "audio_in": feats}  # the model's input (= audio_in_bins for the default dMel front-end)

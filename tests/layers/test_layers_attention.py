@@ -247,6 +247,30 @@ def test_flash_decoding_equals_dense_cached_attention(window, size, fill, t, blo
     auto = jax.jit(auto_cached_attention, static_argnums=(5, 6))(q, cache, k, v, jnp.asarray(pos), window, block)
     np.testing.assert_allclose(auto, dense, atol=1e-5, rtol=1e-5)  # whichever branch the fill picks
     assert np.all(np.asarray(flash)[1, -1] == 0)  # a query with no visible key gives zeros, as dense does
+    # The transformer hands each layer the whole stack and its index (layer_view): the same numbers.
+    from interaction_jax.layers.attention import layer_view
+
+    other = jax.tree.map(lambda a: jnp.where(a == -1, a, a + 1) if a.dtype == jnp.int32 else a + 1.0, cache)
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), other, cache, other)
+    for fn in (flash_cached_attention, auto_cached_attention, dense_cached_attention):
+        args = (window, block) if fn is not dense_cached_attention else (window,)
+        viewed = jax.jit(lambda layer, fn=fn, args=args: fn(q, layer_view(stacked, layer), k, v, jnp.asarray(pos),
+                                                            *args))(1)
+        np.testing.assert_allclose(viewed, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_block_follows_the_batch():
+    """0 picks ~4 MiB of keys per block over all rows: long blocks for one session (few loop trips), short
+    ones for many (tiles that stay in cache); always a power of two in range and never past the cache."""
+    from interaction_jax.layers.attention import DECODE_BLOCK_SLOTS, decode_block_size
+
+    def size(batch, cache_len, block=0):
+        return decode_block_size(block, {"k": jax.ShapeDtypeStruct((5, batch, 2, cache_len, 64), jnp.float32)})
+
+    lo, hi = DECODE_BLOCK_SLOTS
+    assert size(1, 4000) == hi and size(32, 4000) == 256 and size(16, 4000) == 512 and size(4096, 4000) == lo
+    assert size(1, 300) == 300  # never longer than the cache
+    assert size(32, 4000, block=64) == 64  # an explicit block is kept
 
 
 def test_flash_decoding_reads_only_the_filled_blocks():
