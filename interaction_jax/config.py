@@ -125,10 +125,11 @@ class TransformerConfig:
     dtype: str = "float32"  # compute dtype; params are always float32
     # KV-cache decode (serving, eval): "flash" reads only the filled key blocks of the cache (online softmax,
     # dynamic trip count), "dense" reads the whole allocation (the reference it is tested against), "auto"
-    # picks flash while the cache is under half full and dense above. Flash is the default: since the layers
-    # read the stacked cache in place, dense's whole-layer read is a copy (bench stream: 32 sessions at 20 s,
-    # flash 238-254 ms, auto 327-336 ms; 1 session at 40 s within noise).
-    decode_attention: Literal["auto", "flash", "dense"] = "flash"
+    # picks flash while the cache is under half full and dense above, and flash whenever a layer's K is over
+    # 4 MiB: since the layers read the stacked cache in place, dense's whole-layer read is a copy (bench stream,
+    # 32 sessions at 20 s: flash 238-254 ms, the old fill-only auto 327-336 ms; 1 session at 40 s: dense
+    # 8-13% faster than flash).
+    decode_attention: Literal["auto", "flash", "dense"] = "auto"
     # Cache slots per flash-decoding block; 0 = sized by the batch (layers/attention.decode_block_size).
     decode_block: int = 0
     cache_dtype: str = ""  # KV-cache storage dtype ("" = dtype); "bfloat16" halves the bytes a decode reads

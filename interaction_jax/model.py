@@ -293,9 +293,10 @@ class InteractionModel(nn.Module):
         the sample back as the next slot's input. ``keys`` [B] are per-row PRNG keys, so a row's samples
         do not depend on which other rows share the batch.
 
-        ``active`` [B] bool (default: all): rows that consume this chunk. The others run at position -1, which
-        the cache neither writes nor attends to, so their cache is untouched *in place*; selecting the old
-        cache back afterwards kept two copies of it alive and made every cache write a full copy.
+        ``active`` [B] bool (default: all): rows that consume this chunk. The others run at negative positions
+        (near INT32_MIN / 2), which the cache neither writes nor attends to, so their cache is untouched *in
+        place*; selecting the old cache back afterwards kept two copies of it alive and made every cache
+        write a full copy. Their outputs are meaningless (computed with no context) and must be ignored.
         """
         lay = self.layout
         s = lay.slots_per_chunk

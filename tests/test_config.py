@@ -93,7 +93,8 @@ def test_cli_prints_resolved_config():
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*/config.py"))
 # Decode-kernel choices: flash, dense and auto, at any block size, give the same attention (<= 1e-5, tested in
 # tests/layers/test_layers_attention.py and tests/serve/test_engine.py), so changing their defaults (session
-# 12: auto/256 -> flash/batch-sized) does not change what an experiment's command trains or measures.
+# 12: tiles 256 -> sized by the batch, auto reads only small caches densely) does not change what an
+# experiment's command trains or measures.
 EXACT_KERNEL_FIELDS = ("model.transformer.decode_attention", "model.transformer.decode_block")
 
 

@@ -127,7 +127,9 @@ def micro_turn_cost(cfg: Config, params: Any, batch: int, filled_tokens: int) ->
 def profile_micro_turn(cfg: Config, params: Any, batch: int, filled_chunks: int, cache_chunks: int
                        ) -> dict[str, float]:
     """Milliseconds of each part of a micro-turn, each part jitted and timed alone (so the parts' sum next to
-    the whole step shows the fusion/dispatch overhead)."""
+    the whole step shows the fusion/dispatch overhead). Before session 12 the transformer parts were timed
+    without donating the cache, so each included a copy of the whole cache (7.4 / 3.2 ms prefill / decode
+    call, tiny at 40 s)."""
     from interaction_jax.audio import dmel
     from interaction_jax.serve.engine import Engine, vocode_rows
 
@@ -141,10 +143,19 @@ def profile_micro_turn(cfg: Config, params: Any, batch: int, filled_chunks: int,
     audio = jnp.asarray(np.random.default_rng(0).normal(0, 0.05, (batch, cfg.audio.chunk_samples)), jnp.float32)
 
     def transformer(n):
+        """One transformer call on ``n`` new tokens, its cache donated and threaded through as in the step
+        (without donation every timed call also copied the whole cache for its write)."""
         x = jnp.zeros((batch, n, d), jnp.float32)
         pos = jnp.broadcast_to(base + jnp.arange(n, dtype=jnp.int32), (batch, n))
-        f = jax.jit(lambda p, x, pos, c: model.apply({"params": p}, x, pos, c, method=InteractionModel.run_transformer))
-        return lambda: jax.block_until_ready(f(p, x, pos, state.cache)[0])
+        f = jax.jit(lambda p, x, pos, c: model.apply({"params": p}, x, pos, c,
+                                                     method=InteractionModel.run_transformer)[:2],
+                    donate_argnums=3)
+        cache = [jax.tree.map(jnp.copy, state.cache)]
+
+        def call():
+            hidden, cache[0] = f(p, x, pos, cache[0])  # rewrites the same slots every time
+            jax.block_until_ready(hidden)
+        return call
 
     dmel_fn = jax.jit(lambda s, a: dmel.discretize(dmel.stream_step(s, a)[1]))
     cond = jnp.zeros((batch, d), jnp.float32)

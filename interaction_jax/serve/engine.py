@@ -197,7 +197,8 @@ class Engine:
         """One micro-turn for every slot. ``audio`` float32 [B, 3200]; returns host numpy outputs.
 
         ``active`` marks rows holding a live session (capacity is checked only for those); ``advance``
-        marks rows that consume this chunk; the others are computed but their state is left untouched.
+        marks rows that consume this chunk; the others are computed but their state is left untouched, and
+        their outputs are meaningless (decoded with no context; their audio is silence).
         """
         b, lay = self.batch_slots, self.layout
         audio = np.asarray(audio, np.float32)

@@ -270,6 +270,19 @@ def test_decode_block_follows_the_batch():
     lo, hi = DECODE_BLOCK_SLOTS
     assert size(1, 4000) == hi and size(32, 4000) == 256 and size(16, 4000) == 512 and size(4096, 4000) == lo
     assert size(1, 300) == 300  # never longer than the cache
+
+    # "auto" may switch to the dense read (a whole-layer slice of the stack) only for a small cache
+    from interaction_jax.layers import auto_cached_attention
+
+    def has_switch(cache_len, batch):
+        q = jnp.zeros((batch, 1, 4, 64))
+        kv = jnp.zeros((batch, 1, 2, 64))
+        cache = {"k": jnp.zeros((batch, 2, cache_len, 64)), "v": jnp.zeros((batch, 2, cache_len, 64)),
+                 "pos": jnp.full((batch, cache_len), -1, jnp.int32)}
+        jaxpr = jax.make_jaxpr(lambda c: auto_cached_attention(q, c, kv, kv, jnp.zeros((batch, 1), jnp.int32)))
+        return " cond[" in str(jaxpr(cache))  # the lax.cond primitive (a while loop prints cond_jaxpr)
+
+    assert has_switch(3400, 1) and not has_switch(3400, 32)
     assert size(32, 4000, block=64) == 64  # an explicit block is kept
 
 
