@@ -1,6 +1,7 @@
 """InteractionModel: pure init/apply, causality in time, sharded == single-device, overfitting, bf16."""
 
 import dataclasses
+import functools
 import subprocess
 import sys
 import textwrap
@@ -343,6 +344,12 @@ def test_slot_embedding_tells_slots_of_one_type_apart_only_when_asked(setup, mod
     assert differ == (mode == "slot")
 
 
+def _host_loss(params, config, batch):
+    """(loss, metrics) of a numpy batch under ``config``, on the host (fixed rng: the auxiliary tests compare)."""
+    return jax.device_get(model_lib.loss_fn(params, jax.tree.map(jnp.asarray, batch), jax.random.key(3),
+                                            config=config))
+
+
 def _numpy_token_ce(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Reference per-token cross-entropy in float64 numpy (the auxiliary-loss tests check the model's against it)."""
     logits = np.asarray(logits, np.float64)
@@ -365,8 +372,7 @@ def test_frame_text_auxiliary_names_the_frame_from_the_stem(setup):
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mel_feedback_dropout=0.0))  # = forward
     on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, frame_text_weight=0.5))
 
-    def run(c, bb):
-        return jax.device_get(model_lib.loss_fn(params, jax.tree.map(jnp.asarray, bb), jax.random.key(3), config=c))
+    run = functools.partial(_host_loss, params)
 
     loss_off, m_off = run(cfg, b)
     assert "frame_text_loss" not in m_off
@@ -404,8 +410,7 @@ def test_heard_text_auxiliary_names_the_sound_from_the_front_end(setup):
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mel_feedback_dropout=0.0))
     on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, heard_text_weight=0.5))
 
-    def run(c, bb):
-        return jax.device_get(model_lib.loss_fn(params, jax.tree.map(jnp.asarray, bb), jax.random.key(3), config=c))
+    run = functools.partial(_host_loss, params)
 
     loss_off, m_off = run(cfg, b)
     assert "heard_text_loss" not in m_off
