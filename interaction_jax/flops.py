@@ -92,6 +92,9 @@ def report(config: Config, params: Any | None = None) -> dict[str, Any]:
         else 0.0,
         "heard_onset_unembed": config.text.vocab_size * d * lay.num_audio / s if config.model.heard_onset_weight
         else 0.0,
+        # the heard-prev auxiliary: a d x d probe, then the same vocabulary scores
+        "heard_prev_probe": (d + config.text.vocab_size) * d * lay.num_audio / s if config.model.heard_prev_weight
+        else 0.0,
     }
     seq = lay.padded_len(config.data.window_chunks, config.model.pad_multiple)
     attention = 6 * tcfg.num_layers * tcfg.num_heads * tcfg.head_dim * seq

@@ -21,6 +21,7 @@ key                 shape                dtype    meaning
 ``heard_text``      [B, N, A]            int32    first byte of what the user says in AUDIO_IN token a, PAD for none
 ``heard_text_weight`` [B, N, A]          float32  1 where labelled (synthetic; not on the model's echo), else 0
 ``heard_onset``     [B, N, A]            int32    the symbol in the token where the user starts saying it, else PAD
+``heard_prev``      [B, N, A]            int32    at onsets the symbol heard before (PAD: first); at ends the last
 ==================  ===================  =======  =============================================================
 
 Inputs at the model's own output slots are teacher-forced from the targets, shifted by one token in flat
@@ -104,8 +105,13 @@ class InteractionModel(nn.Module):
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "embed")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         )
-        tap = self.model.heard_onset_layer if self.model.heard_onset_weight else -1
-        self.transformer = Transformer(self.model.transformer, tap_layer=tap)
+        tapped = self.model.heard_onset_weight or self.model.heard_prev_weight
+        self.transformer = Transformer(self.model.transformer, tap_layer=self.model.heard_onset_layer if tapped else -1)
+        if self.model.heard_prev_weight:  # a linear probe: the onset's own symbol stays readable by the tied logits
+            self.heard_prev_proj = nn.Dense(
+                d, use_bias=False, dtype=jnp.float32, name="heard_prev_proj",
+                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None)),
+            )
         if not self.model.tie_text_embeddings:
             self.unembed = nn.Dense(
                 self.text.vocab_size, use_bias=False, dtype=jnp.float32, name="unembed",
@@ -256,9 +262,11 @@ class InteractionModel(nn.Module):
             out["heard_text_logits"] = self.text_logits(heard)
         if tapped:
             mid = tapped[0][:, :seq].reshape(b, n, lay.slots_per_chunk, -1)[:, :, lay.slot_range(SlotType.AUDIO_IN)]
-            mid = mid.astype(jnp.float32)  # parameter-free RMS norm: the tied logits expect RMS-1 vectors
-            mid = mid * jax.lax.rsqrt(jnp.mean(mid**2, -1, keepdims=True) + 1e-6)
-            out["heard_onset_logits"] = self.text_logits(mid)
+            mid = mid.astype(jnp.float32)
+            if self.model.heard_onset_weight:
+                out["heard_onset_logits"] = self.text_logits(_rms_normalise(mid))
+            if self.model.heard_prev_weight:
+                out["heard_prev_logits"] = self.text_logits(_rms_normalise(self.heard_prev_proj(mid)))
         return out
 
     def frame_text_logits(self, patches: jax.Array) -> jax.Array:
@@ -370,11 +378,14 @@ class InteractionModel(nn.Module):
         # CE over labelled tokens and logs its loss and its accuracy on labelled non-PAD targets.
         for name, weight_key, weight in (("frame_text", "frame_text_weight", self.model.frame_text_weight),
                                          ("heard_text", "heard_text_weight", self.model.heard_text_weight),
-                                         ("heard_onset", "heard_text_weight", self.model.heard_onset_weight)):
+                                         ("heard_onset", "heard_text_weight", self.model.heard_onset_weight),
+                                         ("heard_prev", "heard_onset", self.model.heard_prev_weight)):
             if f"{name}_logits" not in out or name not in batch:
                 continue
             a_logits, a_target = out[f"{name}_logits"], batch[name]
             labelled = batch[weight_key] > 0
+            if name == "heard_prev":  # onsets (where PAD names "first of its utterance") and utterance ends
+                labelled = (batch["heard_onset"] != tokenizer.PAD) | (batch["heard_prev"] != tokenizer.PAD)
             a_loss = _masked_mean(_token_ce(a_logits, a_target), labelled)
             loss = loss + weight * a_loss
             a_pred = jnp.argmax(a_logits, -1)
@@ -443,6 +454,11 @@ def _token_ce(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
 
 
+def _rms_normalise(x: jax.Array) -> jax.Array:
+    """Parameter-free RMS norm: the tied text logits expect RMS-1 vectors."""
+    return x * jax.lax.rsqrt(jnp.mean(x**2, -1, keepdims=True) + 1e-6)
+
+
 def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     mask = mask.astype(jnp.float32)
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -473,6 +489,7 @@ def batch_spec(config: Config, batch_size: int, num_chunks: int) -> dict[str, ja
     spec["heard_text"] = ((b, n, lay.num_audio), jnp.int32)
     spec["heard_text_weight"] = ((b, n, lay.num_audio), jnp.float32)
     spec["heard_onset"] = ((b, n, lay.num_audio), jnp.int32)
+    spec["heard_prev"] = ((b, n, lay.num_audio), jnp.int32)
     return {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in spec.items()}
 
 
@@ -483,7 +500,7 @@ def dummy_batch(config: Config, batch_size: int = 1, num_chunks: int = 2, seed: 
     for key, s in batch_spec(config, batch_size, num_chunks).items():
         if key == "audio_in":
             out[key] = audio_in_lib.random_features(config.model.audio_in, s.shape, config.audio, rng)
-        elif key in ("text_in", "text_out", "frame_text", "heard_text", "heard_onset"):
+        elif key in ("text_in", "text_out", "frame_text", "heard_text", "heard_onset", "heard_prev"):
             out[key] = rng.integers(0, 256, s.shape, dtype=np.int32)
         elif key == "frames":
             out[key] = rng.integers(0, 256, s.shape, dtype=np.uint8)

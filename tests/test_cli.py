@@ -108,6 +108,7 @@ def test_quickstart_goal_table_shows_score_goal_and_voice_match():
 
     table = goal_table({"repeat": {"content": 1.0, "latency_s": 0.3, "voice_match": 0.5},
                         "interrupt": {"yield_rate": 0.25}})
-    assert "| repeat | content | 1.00 | >= 0.9 | 0.50 |" in table
-    assert "| interrupt | yield_rate | 0.25 | >= 0.9 | nan |" in table
+    assert "| repeat | content | 1.00 | >= 0.5 | >= 0.9 | 0.50 |" in table
+    assert "| repeat | latency_s | 0.30 |  | <= 0.4 | 0.50 |" in table
+    assert "| interrupt | yield_rate | 0.25 | >= 0.5 | >= 0.9 | nan |" in table
     assert "timespeak" not in table  # tasks that were not evaluated are left out

@@ -467,3 +467,46 @@ def test_heard_onset_auxiliary_supervises_only_the_layers_up_to_its_tap(setup):
     g = jax.grad(aux_only)(params)["transformer"]["layers"]
     per_layer = sum(np.abs(np.asarray(x)).reshape(x.shape[0], -1).sum(-1) for x in jax.tree.leaves(g))
     assert per_layer[0] > 0 and (per_layer[1:] == 0).all()
+
+
+def test_heard_prev_auxiliary_probes_the_tapped_layer_at_onsets_only(setup):
+    """On, the loss adds weight x CE of a learned linear probe of the tapped AUDIO_IN streams against
+    ``heard_prev``, counted at onsets (PAD there is a target: "first") and at ends (a symbol, no onset); its
+    gradient reaches the probe and blocks 0..k, none above k; the text logits are unchanged."""
+    from interaction_jax.text import tokenizer
+
+    cfg, _, batch = setup
+    b = {k: np.array(v) for k, v in batch.items()}
+    b["heard_onset"][:] = tokenizer.PAD
+    b["heard_onset"][:, 1, 2] = ord("4")
+    b["heard_onset"][:, 0, 1] = ord("7")
+    b["heard_prev"][:] = tokenizer.PAD  # neither an onset nor an end: not counted
+    b["heard_prev"][:, 1, 2] = ord("7")
+    b["heard_prev"][:, 2, 3] = ord("4")  # the utterance's end names its last symbol
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mel_feedback_dropout=0.0))
+    on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, heard_prev_weight=0.5, heard_onset_layer=0))
+    on_params = nn.unbox(model_lib.init(jax.random.key(0), on))
+    assert on_params["heard_prev_proj"]["kernel"].shape == (cfg.model.transformer.d_model,) * 2
+    run = lambda c, p: jax.device_get(model_lib.loss_fn(p, jax.tree.map(jnp.asarray, b), jax.random.key(3), config=c))
+    shared = {k: v for k, v in on_params.items() if k != "heard_prev_proj"}
+    loss_off, m_off = run(cfg, shared)
+    loss_on, m_on = run(on, on_params)
+    assert "heard_prev_loss" not in m_off
+    out = forward(on, on_params, jax.tree.map(jnp.asarray, b))
+    np.testing.assert_allclose(np.asarray(out["text_logits"]),
+                               np.asarray(forward(cfg, shared, jax.tree.map(jnp.asarray, b))["text_logits"]),
+                               atol=1e-6)
+    ce = _numpy_token_ce(np.asarray(out["heard_prev_logits"], np.float64), b["heard_prev"])
+    expected = np.concatenate([ce[:, 1, 2], ce[:, 0, 1], ce[:, 2, 3]]).mean()
+    np.testing.assert_allclose(float(m_on["heard_prev_loss"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(loss_on), float(loss_off) + 0.5 * expected, rtol=1e-5)
+
+    def aux_only(p):
+        return model_lib.loss_fn(p, jax.tree.map(jnp.asarray, b), jax.random.key(3), config=on)[1]["heard_prev_loss"]
+
+    g = jax.grad(aux_only)(on_params)
+    layers = jax.tree.leaves(g["transformer"]["layers"])
+    per_layer = sum(np.abs(np.asarray(x)).reshape(x.shape[0], -1).sum(-1) for x in layers)
+    assert per_layer[0] > 0 and (per_layer[1:] == 0).all()
+    assert float(np.abs(g["heard_prev_proj"]["kernel"]).sum()) > 0
+

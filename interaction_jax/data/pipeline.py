@@ -119,17 +119,26 @@ def episode_arrays(ep: Episode, config: Config) -> dict[str, np.ndarray]:
     if lay.num_video:
         out["frames"], out["frame_mask"] = _frames(ep, n, config)
         out["frame_text"], out["frame_text_weight"] = frame_text_arrays(ep, n)
-    out["heard_text"], out["heard_text_weight"], out["heard_onset"] = heard_text_arrays(ep, n, lay.num_audio)
+    (out["heard_text"], out["heard_text_weight"], out["heard_onset"],
+     out["heard_prev"]) = heard_text_arrays(ep, n, lay.num_audio)
     return out
 
 
 HEARD_ECHO_GUARD_S = 0.15  # > the longest echo delay (0.12 s) plus the analysis window's reach
 HEARD_ONSET_DELAY_S = 0.025  # half the 50 ms analysis window: a symbol is named once that much of it is heard
+# Two heard symbols belong to one utterance when the silence between them is at most this (the synthetic user's
+# longest in-utterance gap is 0.15 s; tasks.REPLY_SILENCE_S = 0.2 s of silence means the user has finished).
+UTTERANCE_GAP_S = 0.2
 
 
-def heard_text_arrays(ep: Episode, n: int, tokens_per_chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def heard_text_arrays(ep: Episode, n: int,
+                      tokens_per_chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """[N, A] int32 first byte of what the user is saying in each AUDIO_IN token (PAD for nothing), its weight,
-    and [N, A] int32 the same byte only in the token where each utterance of it becomes audible (onsets).
+    [N, A] int32 the same byte only in the token where each utterance of it becomes audible (onsets), and
+    [N, A] int32 ``heard_prev``: in those onset tokens, the symbol heard just before it in the same utterance (PAD
+    for the first), and in the token where an utterance is heard to have ended (``UTTERANCE_GAP_S`` of silence),
+    its last symbol; PAD elsewhere. Read together, the two label the heard string as a chain of (previous,
+    this) pairs that ends in (last, nothing): what an induction copy follows, and where it stops.
 
     A token names a symbol when at least half of its interval lies inside the user's utterance of it
     (``labels["heard"]``, written by the synthetic tasks). Stream token j hears audio up to the end of its
@@ -142,30 +151,42 @@ def heard_text_arrays(ep: Episode, n: int, tokens_per_chunk: int) -> tuple[np.nd
     ``model.heard_onset_weight``) never invent targets for them.
     """
     ids = np.full((n, tokens_per_chunk), tokenizer.PAD, np.int32)
-    onsets = ids.copy()
+    onsets, prev = ids.copy(), ids.copy()
     weight = np.zeros((n, tokens_per_chunk), np.float32)
     events = ep.labels.get("heard")
     if events is None:
-        return ids, weight, onsets
+        return ids, weight, onsets, prev
     token_s = CHUNK_SAMPLES / ep.sample_rate / tokens_per_chunk
     starts = np.arange(n * tokens_per_chunk) * token_s
     flat_ids, flat_w = ids.reshape(-1), weight.reshape(-1)
     for event in events:
         if not (isinstance(event, (list, tuple)) and len(event) == 3 and isinstance(event[2], str) and event[2]):
             raise ValueError(f"labels['heard'] holds {event!r}: need [onset_s, duration_s, symbol]")
+    flat_onsets, flat_prev, total = onsets.reshape(-1), prev.reshape(-1), n * tokens_per_chunk
+    ordered = sorted(events, key=lambda e: float(e[0]))
+    last_end, last_symbol = -np.inf, tokenizer.PAD
+    for k, event in enumerate(ordered):
         onset, dur, symbol = float(event[0]), float(event[1]), event[2]
+        byte = tokenizer.encode(symbol)[0]
         inside = np.clip(np.minimum(starts + token_s, onset + dur) - np.maximum(starts, onset), 0.0, None)
-        flat_ids[inside >= token_s / 2] = tokenizer.encode(symbol)[0]
+        flat_ids[inside >= token_s / 2] = byte
         first = int((onset + HEARD_ONSET_DELAY_S) / token_s + 1e-9)
-        if first < n * tokens_per_chunk:
-            onsets.reshape(-1)[first] = tokenizer.encode(symbol)[0]
+        if first < total:
+            flat_onsets[first] = byte
+            flat_prev[first] = last_symbol if onset - last_end <= UTTERANCE_GAP_S else tokenizer.PAD
+        last_end, last_symbol = onset + dur, byte
+        next_onset = float(ordered[k + 1][0]) if k + 1 < len(ordered) else np.inf
+        if next_onset - last_end > UTTERANCE_GAP_S:  # the utterance ends: its end is heard once the silence is long
+            end = int((last_end + UTTERANCE_GAP_S + HEARD_ONSET_DELAY_S) / token_s + 1e-9)
+            if end < total:
+                flat_prev[end] = byte  # a later utterance's onset in the same token overwrites this
     sr = ep.sample_rate
     loud = np.abs(ep.model_audio) > 0
     for i, t0 in enumerate(starts):
         lo, hi = int(max(t0 - HEARD_ECHO_GUARD_S, 0.0) * sr), int((t0 + token_s) * sr)
         flat_w[i] = 1.0 if flat_ids[i] != tokenizer.PAD or not loud[lo:hi].any() else 0.0
     flat_w[onsets.reshape(-1) != tokenizer.PAD] = 1.0
-    return ids, weight, onsets
+    return ids, weight, onsets, prev
 
 
 def frame_text_arrays(ep: Episode, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,6 +224,9 @@ def _frames(ep: Episode, n: int, config: Config) -> tuple[np.ndarray, np.ndarray
     return frames, mask
 
 
+TOKEN_KEYS = ("text_in", "text_out", "frame_text", "heard_text", "heard_onset", "heard_prev")  # PAD-filled
+
+
 def crop_window(arrays: dict[str, np.ndarray], start: int, length: int) -> dict[str, np.ndarray]:
     """Chunks [start, start+length) of an episode; zero-weight padding past its end keeps shapes static."""
     out = {}
@@ -210,7 +234,7 @@ def crop_window(arrays: dict[str, np.ndarray], start: int, length: int) -> dict[
         piece = arr[start : start + length]
         if len(piece) < length:
             pad = np.zeros((length - len(piece), *arr.shape[1:]), arr.dtype)
-            if key in ("text_in", "text_out", "frame_text", "heard_text", "heard_onset"):
+            if key in TOKEN_KEYS:
                 pad[...] = tokenizer.PAD
             piece = np.concatenate([piece, pad])
         out[key] = piece

@@ -301,11 +301,23 @@ def test_heard_text_labels_spell_what_the_user_said():
         token_s = 0.2 / a
         assert all((j + 1) * token_s > t and j <= t / token_s + 1 for j, t in zip(named, starts, strict=True))
         assert (w[named] == 1).all()
+        # at each onset, the symbol before it in the utterance (PAD for the first): the induction label
+        prev = arr["heard_prev"].reshape(-1)
+        assert [int(prev[i]) for i in named] == [tokenizer.PAD] + [ord(d) for d in digits[:-1]]
+        # ... and one more token, where 0.2 s of silence after the last digit is heard, names the last digit
+        ends = np.flatnonzero((prev != tokenizer.PAD) & (onset_ids == tokenizer.PAD))
+        user_end = ep.labels["user_end_s"]
+        assert len(ends) == 1 and prev[ends[0]] == ord(digits[-1])
+        assert ends[0] * token_s <= user_end + pipeline.UTTERANCE_GAP_S + 0.025 < (ends[0] + 1) * token_s
     interrupt = synthetic.generate("interrupt", 2)
     assert _spelled(pipeline.episode_arrays(interrupt, c)["heard_text"])[:2] == interrupt.labels["user_digits"][:2]
     mixed = synthetic.stream(7, ["repeat", "cuespeak", "repeat"], min_chunks=40)
     said = "".join(s["labels"]["user_digits"] for s in mixed.labels["segments"] if s["task"] == "repeat")
-    assert set(_spelled(pipeline.episode_arrays(mixed, c)["heard_text"])) == set(said)
+    mixed_arr = pipeline.episode_arrays(mixed, c)
+    assert set(_spelled(mixed_arr["heard_text"])) == set(said)
+    # each repeat utterance starts afresh in a packed stream: one PAD-named onset per utterance
+    first_of_utterance = (mixed_arr["heard_onset"] != tokenizer.PAD) & (mixed_arr["heard_prev"] == tokenizer.PAD)
+    assert first_of_utterance.sum() == sum(s["task"] == "repeat" for s in mixed.labels["segments"])
     ep = synthetic.generate("cuespeak", 1)  # the user says nothing: every token is PAD, labelled
     arr = pipeline.episode_arrays(ep, c)
     assert (arr["heard_text"] == tokenizer.PAD).all() and arr["heard_text_weight"][:2].all()
