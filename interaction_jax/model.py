@@ -379,13 +379,14 @@ class InteractionModel(nn.Module):
         for name, weight_key, weight in (("frame_text", "frame_text_weight", self.model.frame_text_weight),
                                          ("heard_text", "heard_text_weight", self.model.heard_text_weight),
                                          ("heard_onset", "heard_text_weight", self.model.heard_onset_weight),
-                                         ("heard_prev", "heard_onset", self.model.heard_prev_weight)):
+                                         ("heard_prev", None, self.model.heard_prev_weight)):
             if f"{name}_logits" not in out or name not in batch:
                 continue
             a_logits, a_target = out[f"{name}_logits"], batch[name]
-            labelled = batch[weight_key] > 0
-            if name == "heard_prev":  # onsets (where PAD names "first of its utterance") and utterance ends
-                labelled = (batch["heard_onset"] != tokenizer.PAD) | (batch["heard_prev"] != tokenizer.PAD)
+            if weight_key is None:  # heard_prev: onsets (where PAD names "first of its utterance") and ends
+                labelled = (batch["heard_onset"] != tokenizer.PAD) | (a_target != tokenizer.PAD)
+            else:
+                labelled = batch[weight_key] > 0
             a_loss = _masked_mean(_token_ce(a_logits, a_target), labelled)
             loss = loss + weight * a_loss
             a_pred = jnp.argmax(a_logits, -1)
@@ -467,6 +468,10 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------- pure-functional entry points
 
 
+# Batch keys that hold byte tokens (PAD-filled where there is nothing; the pipeline pads windows with PAD).
+TOKEN_KEYS = ("text_in", "text_out", "frame_text", "heard_text", "heard_onset", "heard_prev")
+
+
 def batch_spec(config: Config, batch_size: int, num_chunks: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes and dtypes of one batch (the contract above); used for init, AOT compilation and tests."""
     lay = Layout.from_config(config.audio, config.vision, config.text)
@@ -500,7 +505,7 @@ def dummy_batch(config: Config, batch_size: int = 1, num_chunks: int = 2, seed: 
     for key, s in batch_spec(config, batch_size, num_chunks).items():
         if key == "audio_in":
             out[key] = audio_in_lib.random_features(config.model.audio_in, s.shape, config.audio, rng)
-        elif key in ("text_in", "text_out", "frame_text", "heard_text", "heard_onset", "heard_prev"):
+        elif key in TOKEN_KEYS:
             out[key] = rng.integers(0, 256, s.shape, dtype=np.int32)
         elif key == "frames":
             out[key] = rng.integers(0, 256, s.shape, dtype=np.uint8)

@@ -31,6 +31,7 @@ from interaction_jax.data.episode import CHUNK_SAMPLES, Episode, read_record, sh
 from interaction_jax.data.synthetic.tasks import MIN_TEXT_RATE
 from interaction_jax.frontends import audio_in as audio_in_lib
 from interaction_jax.layout import Layout
+from interaction_jax.model import TOKEN_KEYS
 from interaction_jax.text import tokenizer
 
 KIND_PAD, KIND_EPAD, KIND_WORD = 0, 1, 2  # text-out target kinds (the loss weighs them separately)
@@ -222,9 +223,6 @@ def _frames(ep: Episode, n: int, config: Config) -> tuple[np.ndarray, np.ndarray
         frames[: len(src)] = src
         mask[: len(src)] = True
     return frames, mask
-
-
-TOKEN_KEYS = ("text_in", "text_out", "frame_text", "heard_text", "heard_onset", "heard_prev")  # PAD-filled
 
 
 def crop_window(arrays: dict[str, np.ndarray], start: int, length: int) -> dict[str, np.ndarray]:
