@@ -112,3 +112,14 @@ def test_quickstart_goal_table_shows_score_goal_and_voice_match():
     assert "| repeat | latency_s | 0.30 |  | <= 0.4 | 0.50 |" in table
     assert "| interrupt | yield_rate | 0.25 | >= 0.5 | >= 0.9 | nan |" in table
     assert "timespeak" not in table  # tasks that were not evaluated are left out
+
+
+def test_quickstart_overrides_resolve_to_the_two_task_recipe():
+    """The quickstart's --set list must load on tiny (a renamed field fails here, not 10 minutes into a run)."""
+    from interaction_jax.config import load_config
+    from interaction_jax.demo import QUICKSTART_GOALS, QUICKSTART_OVERRIDES, QUICKSTART_STEPS
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.py", QUICKSTART_OVERRIDES)
+    assert cfg.data.tasks == ("repeat", "interrupt") and cfg.data.task_weights == (3.0, 1.0)
+    assert cfg.train.steps == QUICKSTART_STEPS and cfg.model.heard_prev_weight > 0
+    assert {task for task, _ in QUICKSTART_GOALS} <= set(cfg.data.tasks)  # every goal is on a trained task
