@@ -171,6 +171,11 @@ class ModelConfig:
     # instead of one cue per episode. In the five-task mix it taught the video timing but blocked the
     # text copies (experiments/002_learning/README.md, runs 5-6), so it is off by default.
     frame_text_weight: float = 0.0
+    # Auxiliary loss (0 = off), repcount's twin of frame_text: a linear probe on all of a frame's patch tokens
+    # (batch ``frame_motion``; only synthetic repcount scenes label it) must give the moving object's
+    # displacement (0 at rest .. 1 at the far end). Without it the model counted at a fixed ~0.7 s rhythm
+    # whatever the video's period (experiments/002_learning/README.md, "Repcount counts open-loop").
+    frame_motion_weight: float = 0.0
     # Auxiliary loss (0 = off), the audio twin of frame_text: each AUDIO_IN token, read through the text logits
     # straight from the front-end, must name the symbol the user is saying in it (batch ``heard_text``; only
     # synthetic tasks label it). Repeat's reply copies digits it heard; with the label, a heard "7" enters the

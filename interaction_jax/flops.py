@@ -87,6 +87,8 @@ def report(config: Config, params: Any | None = None) -> dict[str, Any]:
         # the frame-text auxiliary scores one hidden state per frame against the vocabulary (model.py)
         "frame_text_unembed": config.text.vocab_size * d / s if lay.num_video and config.model.frame_text_weight
         else 0.0,
+        # the frame-motion auxiliary: one linear probe over all of a frame's patch tokens
+        "frame_motion_probe": lay.num_video * d / s if lay.num_video and config.model.frame_motion_weight else 0.0,
         # the heard-text auxiliary scores every AUDIO_IN token against the vocabulary
         "heard_text_unembed": config.text.vocab_size * d * lay.num_audio / s if config.model.heard_text_weight
         else 0.0,

@@ -18,6 +18,8 @@ key                 shape                dtype    meaning
 ``mel_out_weight``  [B, N]               float32  1 inside the episode, 0 for padding chunks
 ``frame_text``      [B, N]               int32    first byte of the text readable in frame n, PAD for none
 ``frame_text_weight`` [B, N]             float32  1 where the episode labels its frames (synthetic), else 0
+``frame_motion``    [B, N]               float32  displacement (0 rest .. 1 far end) of repcount's object, frame n
+``frame_motion_weight`` [B, N]           float32  1 where labelled (synthetic repcount scenes), else 0
 ``heard_text``      [B, N, A]            int32    first byte of what the user says in AUDIO_IN token a, PAD for none
 ``heard_text_weight`` [B, N, A]          float32  1 where labelled (synthetic; not on the model's echo), else 0
 ``heard_onset``     [B, N, A]            int32    the symbol in the token where the user starts saying it, else PAD
@@ -111,6 +113,12 @@ class InteractionModel(nn.Module):
             self.heard_prev_proj = nn.Dense(
                 d, use_bias=False, dtype=jnp.float32, name="heard_prev_proj",
                 kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None)),
+            )
+        if self.model.frame_motion_weight and lay.num_video:  # a linear probe on all of a frame's patch tokens
+            self.frame_motion_proj = nn.Dense(
+                1, dtype=jnp.float32, name="frame_motion_proj",
+                kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, None)),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
             )
         if not self.model.tie_text_embeddings:
             self.unembed = nn.Dense(
@@ -233,7 +241,8 @@ class InteractionModel(nn.Module):
             mel_prev = jnp.where(drop[..., None], SILENCE_MEL, mel_prev)
 
         # The frame-text auxiliary reads the same patch tokens the VIDEO slots get: compute the stem once.
-        patches = self.video_patches(batch["frames"]) if lay.num_video and self.model.frame_text_weight else None
+        video_aux = self.model.frame_text_weight or self.model.frame_motion_weight
+        patches = self.video_patches(batch["frames"]) if lay.num_video and video_aux else None
         # The heard-text auxiliary reads the AUDIO_IN front-end's output: compute it once too.
         heard = self.audio_in_embed(batch["audio_in"]) if self.model.heard_text_weight else None
         inputs = self.embed_inputs(batch["audio_in"], batch.get("frames"), batch.get("frame_mask"), batch["text_in"],
@@ -256,8 +265,11 @@ class InteractionModel(nn.Module):
         text_h = hidden[:, :, lay.slot_range(SlotType.TEXT_OUT)]
         audio_h = hidden[:, :, lay.slot_range(SlotType.AUDIO_OUT)]
         out = {"text_logits": self.text_logits(text_h), "flow_cond": audio_h, "aux_loss": aux}
-        if patches is not None:
+        if patches is not None and self.model.frame_text_weight:
             out["frame_text_logits"] = self.frame_text_logits(patches)
+        if patches is not None and self.model.frame_motion_weight:
+            out["frame_motion_pred"] = self.frame_motion_proj(
+                patches.astype(jnp.float32).reshape(*patches.shape[:-2], -1))[..., 0]
         if heard is not None:
             out["heard_text_logits"] = self.text_logits(heard)
         if tapped:
@@ -396,6 +408,15 @@ class InteractionModel(nn.Module):
             if name == "heard_onset":  # onsets are rare: also log how often a PAD token is named
                 frame_metrics["heard_onset_false"] = _masked_mean((a_pred != tokenizer.PAD).astype(jnp.float32),
                                                                   labelled & (a_target == tokenizer.PAD))
+        if "frame_motion_pred" in out and "frame_motion" in batch:
+            # Regression, not a token: where the object is (0 at rest .. 1 at the far end) is what a count of
+            # completed cycles is read from, and the patch mean the frame-text label uses would lose position.
+            labelled = batch["frame_motion_weight"] > 0
+            err = out["frame_motion_pred"] - batch["frame_motion"]
+            m_loss = _masked_mean(err**2, labelled)
+            loss = loss + self.model.frame_motion_weight * m_loss
+            frame_metrics["frame_motion_loss"] = m_loss
+            frame_metrics["frame_motion_mae"] = _masked_mean(jnp.abs(err), labelled)
 
         pred = jnp.argmax(logits, -1)
         correct = (pred == targets).astype(jnp.float32)
@@ -491,6 +512,8 @@ def batch_spec(config: Config, batch_size: int, num_chunks: int) -> dict[str, ja
         spec["frame_mask"] = ((b, n), jnp.bool_)
         spec["frame_text"] = ((b, n), jnp.int32)
         spec["frame_text_weight"] = ((b, n), jnp.float32)
+        spec["frame_motion"] = ((b, n), jnp.float32)
+        spec["frame_motion_weight"] = ((b, n), jnp.float32)
     spec["heard_text"] = ((b, n, lay.num_audio), jnp.int32)
     spec["heard_text_weight"] = ((b, n, lay.num_audio), jnp.float32)
     spec["heard_onset"] = ((b, n, lay.num_audio), jnp.int32)

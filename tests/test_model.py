@@ -396,6 +396,48 @@ def test_frame_text_auxiliary_names_the_frame_from_the_stem(setup):
     assert sum(float(jnp.abs(g).sum()) for g in stem) > 0
 
 
+def test_frame_motion_auxiliary_regresses_displacement_from_every_patch(setup):
+    """Off by default (no output, no probe params); on, the loss adds weight x the squared error of a linear
+    probe over all of a frame's patch tokens against ``frame_motion`` on labelled frames only. The probe must
+    see *where* the object is: swapping two patches changes its reading (the patch mean would not)."""
+    cfg, params_off, batch = setup
+    b = {k: np.array(v) for k, v in batch.items()}
+    b["frame_motion"][:] = np.linspace(0, 1, 4, dtype=np.float32)
+    b["frame_motion_weight"][:] = 1.0
+    b["frame_motion_weight"][:, 3] = 0.0  # chunk 3 unlabelled
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mel_feedback_dropout=0.0))
+    on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, frame_motion_weight=2.0))
+    assert "frame_motion_proj" not in params_off
+    assert "frame_motion_pred" not in forward(cfg, params_off, jax.tree.map(jnp.asarray, b))
+    params = nn.unbox(model_lib.init(jax.random.key(0), on, num_chunks=4))
+    kernel = params["frame_motion_proj"]["kernel"]
+    assert kernel.shape == (4 * cfg.model.transformer.d_model, 1) and not np.any(kernel)  # zero init: reads 0
+    params = {**params, "frame_motion_proj": {"kernel": jax.random.normal(jax.random.key(1), kernel.shape) * 0.05,
+                                              "bias": params["frame_motion_proj"]["bias"]}}
+
+    loss_on, m_on = _host_loss(params, on, b)
+    loss_off, _ = _host_loss(params_off, cfg, b)
+    pred = np.asarray(forward(on, params, jax.tree.map(jnp.asarray, b))["frame_motion_pred"])
+    assert pred.shape == (2, 4)
+    want = ((pred - b["frame_motion"])[:, :3] ** 2).mean()
+    np.testing.assert_allclose(float(m_on["frame_motion_loss"]), want, rtol=1e-5)
+    np.testing.assert_allclose(float(loss_on), float(loss_off) + 2.0 * want, rtol=1e-5)
+    b2 = {k: v.copy() for k, v in b.items()}
+    b2["frame_motion"][:, 3] = 0.7  # an unlabelled frame's target is ignored
+    np.testing.assert_allclose(float(_host_loss(params, on, b2)[0]), float(loss_on), rtol=1e-6)
+
+    frames = b["frames"].copy()
+    frames[:, :, :40, :40], frames[:, :, 40:, 40:] = b["frames"][:, :, 40:, 40:], b["frames"][:, :, :40, :40]
+    swapped = np.asarray(forward(on, params, jax.tree.map(jnp.asarray, {**b, "frames": frames}))["frame_motion_pred"])
+    assert np.abs(swapped - pred).max() > 1e-3
+
+    def aux_only(p):
+        return model_lib.loss_fn(p, jax.tree.map(jnp.asarray, b), jax.random.key(3), config=on)[1]["frame_motion_loss"]
+
+    grads = jax.grad(aux_only)(params)
+    assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["video_stem"])) > 0
+
+
 def test_heard_text_auxiliary_names_the_sound_from_the_front_end(setup):
     """Off by default (no extra output); on, the loss adds weight x CE of each AUDIO_IN front-end token read as
     text against ``heard_text`` over labelled tokens only, and its gradient reaches the audio-in embedding."""

@@ -3,10 +3,10 @@
 Command (the whole experiment, training + periodic and final free-running evaluation):
     python -m interaction_jax train --config experiments/002_learning/config.py --workdir runs/002
     python -m interaction_jax curves runs/002 --out experiments/002_learning/curves.png
-Expected (8 held-out episodes per task; run 13 in experiments/002_learning/README.md, 30 min):
-    repeat content 0.50 (digit accuracy 0.87, every digit right at positions 1-4; 3 of 8 replies do not stop),
-    repeat latency 0.36 s, timespeak on_time 1.00, interrupt yield_rate 1.00 (goals met); repcount obo 0.50,
-    cuespeak 0.00 (missed); voice_match 0.96-1.00.
+Expected (8 held-out episodes per task; run 14 in experiments/002_learning/README.md, 28 min):
+    repeat content 0.88 (digit accuracy 0.98; 7 of 8 replies exact), repeat latency 0.36 s, timespeak on_time
+    1.00, interrupt yield_rate 1.00 (goals met); repcount obo 0.50, cuespeak 0.00 (missed); voice_match
+    0.96-1.00.
 """
 
 import dataclasses
@@ -25,7 +25,8 @@ def get_config():
         # weight 1 never reached in 1800 mixed steps (run 3: on_time 0.38) and weight 3 does (run 4: 1.00).
         # Repeat 6 and the heard-text auxiliaries: run 13 (content 0.50) against run 12 (3, none: 0.25).
         data=dataclasses.replace(config.data, batch_size=4, task_weights=(6.0, 3.0, 1.5, 1.0, 1.0)),
-        model=dataclasses.replace(config.model, heard_text_weight=1.0, heard_onset_weight=1.0),
+        # The induction label (heard_prev) on top: run 14 (repeat content 0.88) against run 13 (without it: 0.50).
+        model=dataclasses.replace(config.model, heard_text_weight=1.0, heard_onset_weight=1.0, heard_prev_weight=1.0),
         train=dataclasses.replace(config.train, steps=1800, warmup_steps=100, log_every=10,
                                   checkpoint_every=300, eval_every=300, eval_episodes=8),
     )

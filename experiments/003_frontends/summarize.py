@@ -2,6 +2,7 @@
 
     python experiments/003_frontends/summarize.py runs/003 [--spectrogram]
     python experiments/003_frontends/summarize.py experiments/003_frontends/runs   # from the committed copies
+    python experiments/003_frontends/summarize.py runs/003_copy --round copy_600   # round 2 (its own folder)
 
 Writes results.md / results.json (mean and spread over seeds of every metric, per variant), curves_*.png
 (training curves of each question's variants side by side) and, with --spectrogram, spectrogram.png (the
@@ -34,6 +35,16 @@ COLUMNS = {
                   "tf/repeat/word_acc"],
 }
 
+# Round 2 (copy_600/: 600 steps at 1e-3 with the heard auxiliaries, where repeat's copy forms): audio in only,
+# read also on whole-reply content and on the stop (teacher-forced), which round 1 never reached.
+ROUNDS = {
+    "": (QUESTIONS, COLUMNS),
+    "copy_600": ({"audio_in": ["dmel", "mel_linear", "wave_linear"]},
+                 {"audio_in": ["repeat/content", "repeat/digit_acc", "repeat/latency_s", "interrupt/yield_rate",
+                               "tf/repeat/word_acc", "tf/repeat/stop_acc", "tf/repeat/word_acc_pos3",
+                               "tf/interrupt/epad_acc", "train/heard_text_acc_last50"]}),
+}
+
 
 def load_run(path: Path) -> dict[str, float]:
     """Flat metrics of one run: final free-running eval, teacher-forced eval, wall time and last train logs."""
@@ -49,23 +60,26 @@ def load_run(path: Path) -> dict[str, float]:
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
     out["median_step_time_s"] = float(np.median([r["step_time_s"] for r in train[1:]]))
-    out["train/text_ce_word_last50"] = float(np.mean([r["text_ce_word"] for r in train if r["step"] > train[-1]
-                                                      ["step"] - 50]))
+    last = [r for r in train if r["step"] > train[-1]["step"] - 50]
+    out["train/text_ce_word_last50"] = float(np.mean([r["text_ce_word"] for r in last]))
+    if "heard_text_acc" in last[-1]:
+        out["train/heard_text_acc_last50"] = float(np.mean([r["heard_text_acc"] for r in last]))
     return out
 
 
-def accounting(name: str) -> dict[str, float]:
+def accounting(name: str, folder: Path = HERE) -> dict[str, float]:
     from interaction_jax import flops
     from interaction_jax.config import load_config
 
-    rep = flops.report(load_config(HERE / f"{name}.py"))
+    rep = flops.report(load_config(folder / f"{name}.py"))
     return {"params": rep["total"], "flops_per_token": rep["flops_per_token"]}
 
 
-def summarize(runs: Path) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(runs: Path, questions: dict[str, list[str]] = QUESTIONS, folder: Path = HERE
+              ) -> dict[str, dict[str, dict[str, float]]]:
     """``{variant: {metric: {"mean", "spread", "n"}}}``; spread = (max - min) / 2 over seeds."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    names = sorted({n for q in QUESTIONS.values() for n in q})
+    names = sorted({n for q in questions.values() for n in q})
     for name in names:
         seeds = sorted(p for p in runs.glob(f"{name}_s*") if (p / "tf.json").exists())
         if not seeds:
@@ -79,7 +93,7 @@ def summarize(runs: Path) -> dict[str, dict[str, dict[str, float]]]:
             if vals.size:
                 stats[k] = {"mean": float(vals.mean()), "spread": float((vals.max() - vals.min()) / 2),
                             "n": float(vals.size)}
-        stats.update({k: {"mean": float(v), "spread": 0.0, "n": 1.0} for k, v in accounting(name).items()})
+        stats.update({k: {"mean": float(v), "spread": 0.0, "n": 1.0} for k, v in accounting(name, folder).items()})
         out[name] = stats
     return out
 
@@ -91,10 +105,11 @@ def _cell(stats: dict[str, dict[str, float]], key: str) -> str:
     return f"{s['mean']:.2f} ± {s['spread']:.2f}" if s["n"] > 1 else f"{s['mean']:.2f}"
 
 
-def markdown(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+def markdown(summary: dict[str, dict[str, dict[str, float]]], questions: dict[str, list[str]] = QUESTIONS,
+             columns: dict[str, list[str]] = COLUMNS) -> str:
     lines = []
-    for question, names in QUESTIONS.items():
-        cols = COLUMNS[question]
+    for question, names in questions.items():
+        cols = columns[question]
         lines += [f"### {question}", "",
                   "| variant | seeds | params | GFLOPs/token | s/step | min (train+eval) | " + " | ".join(cols) + " |",
                   "|---|---:|---:|---:|---:|---:|" + "---:|" * len(cols)]
@@ -113,7 +128,7 @@ def markdown(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(runs: Path, question: str, out: Path) -> None:
+def plot_curves(runs: Path, question: str, out: Path, questions: dict[str, list[str]] = QUESTIONS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +138,7 @@ def plot_curves(runs: Path, question: str, out: Path) -> None:
               ("text_ce_epad", "train: EPAD cross-entropy"), ("flow_loss", "train: audio-out head loss (own units)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, name in enumerate(QUESTIONS[question]):
+    for i, name in enumerate(questions[question]):
         for run in sorted(runs.glob(f"{name}_s*")):
             rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
             rows = [r for r in rows if "loss" in r]
@@ -184,14 +199,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path)
     ap.add_argument("--spectrogram", action="store_true")
+    ap.add_argument("--round", default="", choices=sorted(ROUNDS), help="round 2: copy_600 (its own folder)")
     args = ap.parse_args()
-    summary = summarize(args.runs)
-    (HERE / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (HERE / "results.md").write_text(markdown(summary) + "\n")
-    print(markdown(summary))
-    for question in QUESTIONS:
-        plot_curves(args.runs, question, HERE / f"curves_{question}.png")
-    if args.spectrogram:
+    questions, columns = ROUNDS[args.round]
+    folder = HERE / args.round
+    summary = summarize(args.runs, questions, folder)
+    table = markdown(summary, questions, columns)
+    (folder / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (folder / "results.md").write_text(table + "\n")
+    print(table)
+    for question in questions:
+        plot_curves(args.runs, question, folder / f"curves_{question}.png", questions)
+    if args.spectrogram and not args.round:
         plot_spectrogram(args.runs, HERE / "spectrogram.png")
 
 

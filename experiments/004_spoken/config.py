@@ -26,6 +26,6 @@ def get_config():
         # changed all three in 002 (1e-3 learns several times faster: experiments/002_learning/README.md, "The
         # learning rate was too high"); this experiment has not been re-run, so it keeps what its results used.
         data=dataclasses.replace(config.data, voice="speech", task_weights=(3.0, 3.0, 1.5, 1.0, 1.0)),
-        model=dataclasses.replace(config.model, heard_text_weight=0.0, heard_onset_weight=0.0),
+        model=dataclasses.replace(config.model, heard_text_weight=0.0, heard_onset_weight=0.0, heard_prev_weight=0.0),
         train=dataclasses.replace(config.train, learning_rate=2e-3),
     )

@@ -120,6 +120,7 @@ def episode_arrays(ep: Episode, config: Config) -> dict[str, np.ndarray]:
     if lay.num_video:
         out["frames"], out["frame_mask"] = _frames(ep, n, config)
         out["frame_text"], out["frame_text_weight"] = frame_text_arrays(ep, n)
+        out["frame_motion"], out["frame_motion_weight"] = frame_motion_arrays(ep, n)
     (out["heard_text"], out["heard_text_weight"], out["heard_onset"],
      out["heard_prev"]) = heard_text_arrays(ep, n, lay.num_audio)
     return out
@@ -208,6 +209,24 @@ def frame_text_arrays(ep: Episode, n: int) -> tuple[np.ndarray, np.ndarray]:
         ids[i] = tokenizer.encode(text)[0] if text else tokenizer.PAD
     weight[: min(n, len(labels))] = 1.0
     return ids, weight
+
+
+def frame_motion_arrays(ep: Episode, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N] float32 displacement of the moving object in each frame (0 at rest .. 1 at the far end) and [N]
+    float32 weight: 1 where the episode labels it (``labels["frame_motion"]``, repcount scenes; None marks the
+    unlabelled frames of other scenes), else 0, so real episodes never get invented targets."""
+    value = np.zeros(n, np.float32)
+    weight = np.zeros(n, np.float32)
+    labels = ep.labels.get("frame_motion")
+    if labels is None or ep.frames is None:
+        return value, weight
+    if len(labels) != len(ep.frames):
+        raise ValueError(f"labels['frame_motion'] has {len(labels)} entries for {len(ep.frames)} frames")
+    got = np.array([np.nan if v is None else v for v in labels[:n]], np.float64)
+    known = np.isfinite(got)
+    value[: len(got)] = np.where(known, got, 0.0)
+    weight[: len(got)] = known
+    return value, weight
 
 
 def _frames(ep: Episode, n: int, config: Config) -> tuple[np.ndarray, np.ndarray]:

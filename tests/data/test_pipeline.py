@@ -266,6 +266,39 @@ def test_frame_text_labels_reach_the_batch_only_where_labelled():
     assert (window["frame_text_weight"][-5:] == 0).all() and (window["frame_text"][-5:] == tokenizer.PAD).all()
 
 
+def test_frame_motion_labels_follow_the_repcount_object_only():
+    """Repcount frames carry the object's displacement (0 at rest, near 1 at the far end, back to 0 once every
+    repetition is done); other scenes, packed or not, and unlabelled episodes weigh 0."""
+    from interaction_jax.data.synthetic import frames as fr
+
+    c = cfg()
+    for seed in range(3):
+        ep = synthetic.generate("repcount", seed)
+        arr = pipeline.episode_arrays(ep, c)
+        np.testing.assert_array_equal(arr["frame_motion_weight"], np.ones(ep.num_chunks, np.float32))
+        motion = fr.Motion("ball", ep.labels["start_s"], ep.labels["period_s"], ep.labels["count"], (0, 0, 0),
+                           (255, 255, 255))
+        want = [motion.phase(i * 0.2) for i in range(ep.num_chunks)]
+        np.testing.assert_allclose(arr["frame_motion"], want, atol=1e-6)
+        assert arr["frame_motion"][0] == 0 and arr["frame_motion"].max() > 0.6 and arr["frame_motion"][-1] == 0
+    arr = pipeline.episode_arrays(synthetic.generate("cuespeak", 0), c)
+    assert not arr["frame_motion_weight"].any()
+    tasks = []
+    for seed in (0, 1):  # packed scenes: repcount + cuespeak (+ timespeak)
+        mixed = synthetic.generate("mixed", seed)
+        arr = pipeline.episode_arrays(mixed, c)
+        for seg in mixed.labels["segments"]:
+            first = round(seg["offset_s"] / 0.2)
+            span = arr["frame_motion_weight"][first : first + round(seg["duration_s"] / 0.2)]
+            assert (span == (seg["task"] == "repcount")).all(), seg["task"]
+            tasks.append(seg["task"])
+    assert "repcount" in tasks and "cuespeak" in tasks
+    ep = synthetic.generate("repcount", 0)
+    ep.labels["frame_motion"] = [0.5]
+    with pytest.raises(ValueError, match="frame_motion"):
+        pipeline.episode_arrays(ep, c)
+
+
 def _spelled(ids: np.ndarray) -> str:
     """The labelled symbols of [N, A] heard_text in order, one per run of equal tokens."""
     flat = [int(i) for i in ids.reshape(-1)]

@@ -71,6 +71,9 @@ MIN_TEXT_RATE = 2  # bytes per chunk the TEXT_IN FIFO delivers at least (text.te
 # Label: the text readable in each frame ("" for none; here the cuespeak digit), one entry per chunk. Only
 # the optional frame-text auxiliary loss reads it (model.frame_text_weight); real episodes leave it out.
 FRAME_TEXT = "frame_text"
+# Repcount's moving object: its displacement in [0, 1] (0 at rest) in each frame; the optional frame-motion
+# auxiliary loss reads it (model.frame_motion_weight). Other scenes leave it out (None once concatenated).
+FRAME_MOTION = "frame_motion"
 # Label: what the user says aloud, [[onset_s, duration_s, symbol], ...] (empty when the user is silent). Only the
 # optional heard-text auxiliaries read it (model.heard_text_weight / heard_onset_weight); real episodes leave it out.
 HEARD = "heard"
@@ -271,7 +274,8 @@ def _plan_repcount(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: i
                   _words(model_ev), {
                       "task": "repcount", "count": count, "period_s": period, "start_s": start,
                       "rep_times_s": rep_times, "rep_frames": first_frames, "motion": motion.kind,
-                      "model_onsets_s": [e[0] for e in model_ev], FRAME_TEXT: [""] * n})
+                      "model_onsets_s": [e[0] for e in model_ev], FRAME_TEXT: [""] * n,
+                      FRAME_MOTION: [motion.phase(i * CHUNK_S) for i in range(n)]})
 
 
 def _plan_interrupt(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None,
@@ -320,8 +324,10 @@ def _concat(drafts: list[_Draft], rng: np.random.Generator, task: str) -> _Draft
     """Back-to-back drafts (chunk-aligned) as one longer draft; scenes without video get blank frames."""
     bg = fr.random_style(rng).bg
     offset, segments, user_text, words, images, frame_text, heard = 0.0, [], [], [], [], [], []
+    frame_motion: list[float | None] = []
     for d in drafts:
         frame_text += d.labels.get(FRAME_TEXT, [""] * d.n_chunks)
+        frame_motion += d.labels.get(FRAME_MOTION, [None] * d.n_chunks)
         heard += [[_q(t + offset), dur, sym] for t, dur, sym in d.labels.get(HEARD, [])]
         segments.append({"task": d.labels["task"], "offset_s": offset, "duration_s": d.n_chunks * CHUNK_S,
                          "labels": d.labels})
@@ -334,7 +340,7 @@ def _concat(drafts: list[_Draft], rng: np.random.Generator, task: str) -> _Draft
     return _Draft(sum(d.n_chunks for d in drafts), np.concatenate([d.user for d in drafts]),
                   np.concatenate([d.model for d in drafts]), np.concatenate(images) if has_video else None,
                   user_text, words, {"task": task, "segments": segments, HEARD: heard,
-                                     **({FRAME_TEXT: frame_text} if has_video else {})})
+                                     **({FRAME_TEXT: frame_text, FRAME_MOTION: frame_motion} if has_video else {})})
 
 
 def _plan_mixed(rng: np.random.Generator, user_v: Voice, model_v: Voice, n: int | None) -> _Draft:
