@@ -191,6 +191,16 @@ def heard_text_arrays(ep: Episode, n: int,
     return ids, weight, onsets, prev
 
 
+def _frame_labels(ep: Episode, key: str) -> list | None:
+    """The episode's per-frame labels under ``key`` (None if it has none or no frames); one per frame."""
+    labels = ep.labels.get(key)
+    if labels is None or ep.frames is None:
+        return None
+    if len(labels) != len(ep.frames):
+        raise ValueError(f"labels[{key!r}] has {len(labels)} entries for {len(ep.frames)} frames")
+    return labels
+
+
 def frame_text_arrays(ep: Episode, n: int) -> tuple[np.ndarray, np.ndarray]:
     """[N] int32 first byte of the text readable in each frame (PAD for none) and [N] float32 label weight.
 
@@ -200,11 +210,9 @@ def frame_text_arrays(ep: Episode, n: int) -> tuple[np.ndarray, np.ndarray]:
     """
     ids = np.full(n, tokenizer.PAD, np.int32)
     weight = np.zeros(n, np.float32)
-    labels = ep.labels.get("frame_text")
-    if labels is None or ep.frames is None:
+    labels = _frame_labels(ep, "frame_text")
+    if labels is None:
         return ids, weight
-    if len(labels) != len(ep.frames):
-        raise ValueError(f"labels['frame_text'] has {len(labels)} entries for {len(ep.frames)} frames")
     for i, text in enumerate(labels[:n]):
         ids[i] = tokenizer.encode(text)[0] if text else tokenizer.PAD
     weight[: min(n, len(labels))] = 1.0
@@ -217,11 +225,9 @@ def frame_motion_arrays(ep: Episode, n: int) -> tuple[np.ndarray, np.ndarray]:
     unlabelled frames of other scenes), else 0, so real episodes never get invented targets."""
     value = np.zeros(n, np.float32)
     weight = np.zeros(n, np.float32)
-    labels = ep.labels.get("frame_motion")
-    if labels is None or ep.frames is None:
+    labels = _frame_labels(ep, "frame_motion")
+    if labels is None:
         return value, weight
-    if len(labels) != len(ep.frames):
-        raise ValueError(f"labels['frame_motion'] has {len(labels)} entries for {len(ep.frames)} frames")
     got = np.array([np.nan if v is None else v for v in labels[:n]], np.float64)
     known = np.isfinite(got)
     value[: len(got)] = np.where(known, got, 0.0)
